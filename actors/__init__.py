@@ -1,0 +1,1 @@
+"""The concurrency shell of Ensemble: gevent actors, one module per actor."""

@@ -1,0 +1,1 @@
+"""Backend actors: the instruments sheets run on (CLI processes, scripted test doubles)."""

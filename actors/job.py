@@ -1,0 +1,257 @@
+"""The JobActor: owns one job and carries out the decisions of ``runtime.machine``.
+
+Every message that changes the job goes through a machine function, which
+updates the state and collects effects. The actor batches: it applies every
+message already in its inbox, then on its own ``Flush`` message commits the
+journal records of the batch once (the durability barrier, DESIGN rule 3) and
+only then releases the effects — leases requested, attempts started, timers
+armed, events published, the supervisor told the job is final. It spawns a
+SheetActor per dispatched sheet and stops it once the sheet is terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from loguru import logger
+from pykka import ActorRef
+
+from actors.base import ActorContext, EnsembleActor, GeventFuture, send
+from actors.sheet import SheetActor
+from runtime import machine
+from runtime.errors import EnsembleError, PersistenceError
+from runtime.journal import new_checkpoint
+from runtime.machine import Effects
+from runtime.messages import (
+    AttemptFinished,
+    CancelAttempt,
+    ChildFailed,
+    CloseJobFiles,
+    Commit,
+    CreateJobFiles,
+    Flush,
+    JobCommand,
+    JobFinished,
+    LeasesGranted,
+    Publish,
+    Recipient,
+    ReleaseLeases,
+    Reply,
+    RequestLeases,
+    RunAttempt,
+    TimerFired,
+    WithdrawLeaseRequests,
+)
+from runtime.prompts import PromptTemplate
+from runtime.state import FINAL_JOB_STATUSES, JobState
+
+COMMIT_TIMEOUT_SECONDS = 120.0
+CREATE_TIMEOUT_SECONDS = 60.0
+
+
+class JobActor(EnsembleActor):
+    def __init__(
+        self,
+        context: ActorContext,
+        *,
+        supervisor: ActorRef[Any],
+        state: JobState,
+        template: PromptTemplate,
+        score_document: dict[str, Any],
+        pool: ActorRef[Any],
+        persistence: ActorRef[Any],
+        bus: ActorRef[Any],
+        created_reply: Recipient | None,
+    ) -> None:
+        super().__init__(context, parent=supervisor, key=state.job_id)
+        self.state = state
+        self._template = template
+        self._score_document = score_document
+        self._pool = pool
+        self._persistence = persistence
+        self._bus = bus
+        self._supervisor = supervisor
+        self._created_reply = created_reply
+        self._sheets: dict[int, ActorRef[Any]] = {}
+        self._sheet_by_urn: dict[str, int] = {}
+        self._effects = Effects()
+        self._flush_scheduled = False
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def on_start(self) -> None:
+        state = self.state
+        try:
+            os.makedirs(state.plan.workspace, exist_ok=True)
+        except OSError as exc:
+            self._refuse(EnsembleError(
+                f"cannot create workspace {state.plan.workspace}: {exc.strerror or exc}"
+            ))
+            return
+        checkpoint = new_checkpoint(
+            state.job_id, state.plan.name, (sheet.to_record() for sheet in state.sheets)
+        )
+        future = GeventFuture()
+        send(self._persistence, CreateJobFiles(
+            state.job_id, self._score_document, checkpoint, _FutureRecipient(future)
+        ))
+        reply: Reply = future.get(timeout=CREATE_TIMEOUT_SECONDS)
+        if reply.error is not None:
+            self._refuse(reply.error)
+            return
+        send(self._created_reply, Reply(value=state.job_id))
+        self._created_reply = None
+        machine.start(state, self.context.clock.now(), self._effects)
+        self._schedule_flush()
+
+    def _refuse(self, error: BaseException) -> None:
+        send(self._created_reply, Reply(error=error))
+        self._created_reply = None
+        send(self._supervisor, JobFinished(self.state.job_id, None))
+        self.stop()
+
+    def on_stop(self) -> None:
+        for ref in self._sheets.values():
+            ref.stop(block=False)
+        self._sheets.clear()
+
+    def on_failure(self, *_exc_info: Any) -> None:
+        # The supervisor hears of the crash through ChildFailed; the sheets go with the job.
+        self.on_stop()
+
+    # --- messages ----------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> Any:
+        state, fx, now = self.state, self._effects, self.context.clock.now()
+        if isinstance(message, Flush):
+            self._flush()
+            return None
+        if isinstance(message, AttemptFinished):
+            machine.on_attempt_finished(
+                state, message.sheet_num, message.attempt, message.result, now, fx
+            )
+        elif isinstance(message, LeasesGranted):
+            machine.on_leases_granted(state, message.grants, now, fx)
+        elif isinstance(message, TimerFired):
+            machine.on_timer(state, message.sheet_num, now, fx)
+        elif isinstance(message, ChildFailed):
+            self._sheet_crashed(message, now)
+        elif isinstance(message, JobCommand):
+            self._command(message, now)
+        else:
+            return super().on_receive(message)
+        self._schedule_flush()
+        return None
+
+    def _command(self, message: JobCommand, now: float) -> None:
+        state, fx = self.state, self._effects
+        if message.command == "pause":
+            value: Any = machine.pause(state, now, fx)
+        elif message.command == "resume":
+            value = machine.resume(state, now, fx)
+        elif message.command == "cancel":
+            value = machine.cancel(state, now, fx)
+        elif message.command == "progress":
+            value = machine.job_progress(state)
+        elif message.command == "result":
+            value = machine.job_result(state)
+        else:
+            send(message.reply_to, Reply(error=ValueError(f"unknown job command {message.command!r}")))
+            return
+        send(message.reply_to, Reply(value=value))
+
+    def _sheet_crashed(self, message: ChildFailed, now: float) -> None:
+        sheet_num = self._sheet_by_urn.pop(message.child_urn, None)
+        if sheet_num is None:
+            return
+        self._sheets.pop(sheet_num, None)
+        lease = machine.on_attempt_lost(
+            self.state, sheet_num, f"sheet actor crashed: {message.error}", now, self._effects
+        )
+        if lease is not None:
+            send(self._pool, ReleaseLeases((lease.lease_id,)))
+
+    # --- the batch ---------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and not self._effects.empty:
+            self._flush_scheduled = True
+            self.actor_ref.tell(Flush())
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        fx, self._effects = self._effects, Effects()
+        state = self.state
+        records = machine.checkpoint_records(state, fx)
+        if records:
+            done = GeventFuture()
+            send(self._persistence, Commit(state.job_id, tuple(records), done))
+            try:
+                done.get(timeout=COMMIT_TIMEOUT_SECONDS)
+            except Exception as exc:
+                raise PersistenceError(
+                    f"job {state.job_id}: checkpoint commit failed, nothing more is released: {exc}"
+                ) from exc
+        self._release(fx)
+
+    def _release(self, fx: Effects) -> None:
+        """Carry out a committed batch's effects."""
+        state, job_ref = self.state, self.actor_ref
+        if fx.events:
+            send(self._bus, Publish(tuple(fx.events)))
+        if fx.withdraw_lease_requests:
+            send(self._pool, WithdrawLeaseRequests(state.job_id))
+        if fx.unused_leases:
+            send(self._pool, ReleaseLeases(tuple(lease.lease_id for lease in fx.unused_leases)))
+        if fx.lease_requests:
+            requests = tuple((request.sheet_num, request.instrument) for request in fx.lease_requests)
+            send(self._pool, RequestLeases(state.job_id, requests, job_ref))
+        for order in fx.attempts:
+            self._sheet_actor(order.sheet_num).tell(RunAttempt(order.attempt, order.lease))
+        now = self.context.clock.now()
+        for timer in fx.timers:
+            message = TimerFired(timer.sheet_num)
+            self.context.clock.call_later(timer.due - now, lambda m=message: send(job_ref, m))
+        for sheet_num in fx.cancel_attempts:
+            ref = self._sheets.get(sheet_num)
+            if ref is not None:
+                ref.tell(CancelAttempt())
+        for sheet_num in fx.dirty_sheets:
+            if sheet_num in self._sheets and state.sheet(sheet_num).is_terminal:
+                ref = self._sheets.pop(sheet_num)
+                self._sheet_by_urn.pop(ref.actor_urn, None)
+                ref.stop(block=False)
+        if fx.finished is not None and state.status in FINAL_JOB_STATUSES:
+            logger.info("job {} {}", state.job_id, state.status.value)
+            send(self._persistence, CloseJobFiles(state.job_id))
+            send(self._supervisor, JobFinished(state.job_id, machine.job_result(state)))
+            self.stop()
+
+    def _sheet_actor(self, sheet_num: int) -> ActorRef[Any]:
+        ref = self._sheets.get(sheet_num)
+        if ref is None:
+            ref = SheetActor.start(
+                self.context,
+                job=self.actor_ref,
+                job_id=self.state.job_id,
+                sheet_num=sheet_num,
+                plan=self.state.plan,
+                template=self._template,
+                pool=self._pool,
+            )
+            self._sheets[sheet_num] = ref
+            self._sheet_by_urn[ref.actor_urn] = sheet_num
+        return ref
+
+
+class _FutureRecipient:
+    """Lets an actor receive one ``Reply`` into a future it waits on."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: GeventFuture) -> None:
+        self._future = future
+
+    def tell(self, message: Any) -> None:
+        self._future.set(message)

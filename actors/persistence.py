@@ -1,0 +1,186 @@
+"""The Persistence actor: the only writer of checkpoints (DESIGN "Persistence format").
+
+Owns each job's open journal, the in-memory checkpoint document it keeps up to
+date from the records it writes, group commit (every ``Commit`` queued while a
+write is in progress goes out in the next single write and fsync per job file),
+snapshots that compact the journal, and the final snapshot of a finished job.
+File I/O runs in gevent's thread pool so the hub never blocks on the disk.
+It never calls back into a job: it only sets the ``done`` future it was given
+(rule 1), so no cycle of asks can deadlock.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import gevent
+import orjson
+from loguru import logger
+
+from actors.base import ActorContext, EnsembleActor, send
+from runtime import journal
+from runtime.errors import JobExistsError, PersistenceError
+from runtime.messages import CloseJobFiles, Commit, CreateJobFiles, Reply
+
+
+@dataclass(frozen=True, slots=True)
+class _WriteBatch:
+    """Persistence's note to itself: write everything committed so far."""
+
+
+@dataclass(slots=True)
+class _OpenJob:
+    directory: Path
+    journal: BinaryIO
+    checkpoint: dict[str, Any]
+    records_since_snapshot: int = 0
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Persistence(EnsembleActor):
+    def __init__(
+        self, context: ActorContext, *, state_dir: Path, fsync: bool = True, compact_after: int = 2000
+    ) -> None:
+        super().__init__(context)
+        self._jobs_dir = journal.jobs_dir(state_dir)
+        self._fsync = fsync
+        self._compact_after = compact_after
+        self._jobs: dict[str, _OpenJob] = {}
+        self._pending: list[Commit] = []
+        self._write_scheduled = False
+        self._seq = 0
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Commit):
+            self._pending.append(message)
+            if not self._write_scheduled:
+                self._write_scheduled = True
+                self.actor_ref.tell(_WriteBatch())
+        elif isinstance(message, _WriteBatch):
+            self._write_scheduled = False
+            self._write_batch()
+        elif isinstance(message, CreateJobFiles):
+            self._create(message)
+        elif isinstance(message, CloseJobFiles):
+            self._close(message.job_id)
+        else:
+            return super().on_receive(message)
+        return None
+
+    def on_stop(self) -> None:
+        self._write_batch()
+        for job_id in list(self._jobs):
+            self._close(job_id)
+
+    # --- creating and closing ------------------------------------------------------
+
+    def _create(self, message: CreateJobFiles) -> None:
+        directory = self._jobs_dir / message.job_id
+        try:
+            handle = _in_thread(_create_files, directory, message.score, message.checkpoint)
+        except FileExistsError:
+            send(message.reply_to, Reply(error=JobExistsError(
+                f"job '{message.job_id}' already exists in {directory.parent}; "
+                "choose another job id or resume that job"
+            )))
+            return
+        except OSError as exc:
+            send(message.reply_to, Reply(error=PersistenceError(
+                f"cannot create the job's files in {directory}: {exc}"
+            )))
+            return
+        self._jobs[message.job_id] = _OpenJob(directory, handle, message.checkpoint)
+        send(message.reply_to, Reply(value=message.job_id))
+
+    def _close(self, job_id: str) -> None:
+        self._write_batch()
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return
+        try:
+            _in_thread(_snapshot_and_close, job, self._fsync)
+        except OSError as exc:
+            logger.error("could not write the final checkpoint of job {}: {}", job_id, exc)
+
+    # --- group commit ------------------------------------------------------------
+
+    def _write_batch(self) -> None:
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        touched: dict[str, _OpenJob] = {}
+        for commit in batch:
+            job = self._jobs.get(commit.job_id)
+            if job is None:
+                continue
+            for record in commit.records:
+                self._seq += 1
+                record["seq"] = self._seq
+                journal.apply_record(job.checkpoint, record)
+                job.pending.append(record)
+            touched[commit.job_id] = job
+        try:
+            _in_thread(_write_journals, list(touched.values()), self._fsync)
+        except OSError as exc:
+            error = PersistenceError(f"cannot write the journal: {exc}")
+            logger.error("{}", error)
+            for commit in batch:
+                commit.done.set_exception((PersistenceError, error, None))
+            return
+        for commit in batch:
+            if commit.job_id in self._jobs:
+                commit.done.set(self._seq)
+            else:
+                commit.done.set_exception((
+                    PersistenceError,
+                    PersistenceError(f"job {commit.job_id} has no open journal"),
+                    None,
+                ))
+        for job in touched.values():
+            if job.records_since_snapshot >= max(self._compact_after, len(job.checkpoint["sheets"])):
+                try:
+                    _in_thread(_compact, job)
+                except OSError as exc:
+                    logger.error("could not compact the journal in {}: {}", job.directory, exc)
+
+
+def _in_thread(function: Any, *args: Any) -> Any:
+    return gevent.get_hub().threadpool.apply(function, args)
+
+
+def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, Any]) -> BinaryIO:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    directory.mkdir()  # FileExistsError: the job id is taken
+    try:
+        journal.write_atomically(directory / journal.SCORE_FILE, orjson.dumps(score))
+        journal.write_snapshot(directory, checkpoint)
+        return open(directory / journal.JOURNAL_FILE, "ab")  # noqa: SIM115 - kept open
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def _write_journals(jobs: list[_OpenJob], fsync: bool) -> None:
+    for job in jobs:
+        data = journal.encode_records(job.pending)
+        job.records_since_snapshot += len(job.pending)
+        job.pending.clear()
+        journal.append_and_sync(job.journal, data, fsync=fsync)
+
+
+def _compact(job: _OpenJob) -> None:
+    # The snapshot carries the last sequence number, so records still in the
+    # journal after a crash between these two steps are skipped on replay.
+    journal.write_snapshot(job.directory, job.checkpoint)
+    job.journal.truncate(0)
+    job.journal.seek(0)
+    job.records_since_snapshot = 0
+
+
+def _snapshot_and_close(job: _OpenJob, fsync: bool) -> None:
+    journal.append_and_sync(job.journal, b"", fsync=fsync)
+    _compact(job)
+    job.journal.close()

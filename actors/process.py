@@ -1,0 +1,407 @@
+"""Run one child process cooperatively under gevent.
+
+This module owns the mechanics of running a single child process from a greenlet,
+on whichever thread's hub the caller lives in (Ensemble's dedicated hub thread or
+a host's main-thread hub): starting it in its own session and process group,
+feeding its stdin, draining stdout and stderr without deadlock and with bounded
+memory, waiting for it to exit without blocking the hub, and killing its whole
+process group on timeout, cancel or when the calling greenlet is killed, so that
+no descendant survives and no zombie is left behind.
+
+It must not decide anything about outcomes: it does not classify errors, retry,
+or interpret output; it reports what happened in a `ProcessResult`. It never
+monkey-patches and never uses `gevent.subprocess`, whose child watchers only
+work on the default loop (``TypeError: child watchers are only available on the
+default loop``); instead it uses the stdlib `subprocess.Popen` to start the child
+and a pidfd watched by the hub to learn when it exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO
+
+import gevent
+import gevent.event
+import gevent.os
+import gevent.socket
+
+__all__ = ["ProcessResult", "decode_output", "run_process"]
+
+# A Linux pipe holds 64 KiB by default, so larger reads rarely return more.
+_READ_CHUNK_BYTES = 64 * 1024
+
+# After the group has been killed every pipe writer is gone and the drains see
+# EOF at once; this only bounds the wait if a descendant escaped the group
+# (setsid) and still holds our pipes open.
+_DRAIN_GRACE_SECONDS = 2.0
+
+# SIGKILL cannot be caught, so the leader exits promptly; this bound only
+# matters for a process stuck in uninterruptible sleep (e.g. a dead NFS mount).
+_SIGKILL_WAIT_SECONDS = 5.0
+
+# Used only where pidfd_open is unavailable (non-Linux, kernels before 5.3,
+# sandboxes that filter the syscall).
+_EXIT_POLL_INTERVAL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """What happened to one child process; no judgement about success."""
+
+    exit_code: int | None
+    """The exit status, negative signal number if killed by a signal (as in
+    `subprocess`); None if the process could not be started (see `spawn_error`)
+    or its status was lost (see `wait_error`)."""
+    stdout: bytes
+    """The last `max_output_bytes` bytes written to stdout."""
+    stderr: bytes
+    """The last `max_output_bytes` bytes written to stderr."""
+    timed_out: bool
+    cancelled: bool
+    duration_seconds: float
+    stdout_truncated: bool
+    stderr_truncated: bool
+    spawn_error: str | None
+    """Why the process could not be started, in words a user can act on."""
+    wait_error: str | None = None
+    """Set when the process ran but its exit status could not be collected:
+    something else in this process reaped it (e.g. `gevent.subprocess` used on
+    the default loop installs a SIGCHLD handler that reaps every child)."""
+
+
+def decode_output(data: bytes) -> str:
+    """Decode captured output for display; invalid UTF-8 never raises."""
+    return data.decode("utf-8", errors="replace")
+
+
+def run_process(
+    argv: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin: bytes | None = None,
+    timeout: float | None = None,
+    kill_grace_seconds: float = 5.0,
+    cancel: gevent.event.Event | None = None,
+    max_output_bytes: int = 10 * 1024 * 1024,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcessResult:
+    """Run `argv` to completion, timeout or cancel, without blocking the hub.
+
+    Must be called from a greenlet inside a gevent hub (any thread's). The child
+    gets its own session, so its pid is also its process group id; on timeout or
+    cancel the group gets SIGTERM, then SIGKILL after `kill_grace_seconds`.
+    When the leader has exited, the group gets SIGKILL once more, so no
+    background descendant outlives the run (also after a normal exit: it would
+    otherwise keep our pipes open). `cancel` must belong to the caller's hub.
+    `on_start` receives the child's pid right after it started (for tests and
+    logging). If the calling greenlet is killed, the group is killed and the
+    child reaped before the GreenletExit propagates.
+    """
+    if not argv:
+        raise ValueError("argv must name an executable")
+    if max_output_bytes < 0:
+        raise ValueError("max_output_bytes must not be negative")
+    kill_grace_seconds = max(0.0, kill_grace_seconds)
+
+    started_at = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            # Own session => own process group with pgid == pid, which we can
+            # signal as a whole without touching our own group.
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        return ProcessResult(
+            exit_code=None,
+            stdout=b"",
+            stderr=b"",
+            timed_out=False,
+            cancelled=False,
+            duration_seconds=time.monotonic() - started_at,
+            stdout_truncated=False,
+            stderr_truncated=False,
+            spawn_error=_describe_spawn_error(exc, argv[0], cwd),
+        )
+
+    pid = proc.pid
+    pidfd = _open_pidfd(pid)
+    # Popen always creates these two pipes because we asked for PIPE.
+    assert proc.stdout is not None and proc.stderr is not None
+    stdout_buffer = _TailBuffer(max_output_bytes)
+    stderr_buffer = _TailBuffer(max_output_bytes)
+    # Spawned before anything can fail, so the finally block may rely on them.
+    leader_exit = gevent.spawn(_wait_until_exited, pid, pidfd)
+    drains = [
+        gevent.spawn(_drain, proc.stdout.fileno(), stdout_buffer),
+        gevent.spawn(_drain, proc.stderr.fileno(), stderr_buffer),
+    ]
+    helpers = [leader_exit, *drains]
+    if proc.stdin is not None:
+        helpers.append(gevent.spawn(_feed_stdin, proc.stdin, stdin or b""))
+
+    timed_out = False
+    cancelled = False
+    exit_code: int | None = None
+    wait_error: str | None = None
+    # `killed`: the final SIGKILL-and-reap step ran; `reaped`: the child's exit
+    # status was collected (no zombie left, the pidfd watcher is finished).
+    killed = False
+    reaped = False
+    try:
+        if on_start is not None:
+            on_start(pid)
+
+        waitables: list[gevent.Greenlet | gevent.event.Event] = [leader_exit]
+        if cancel is not None:
+            waitables.append(cancel)
+        remaining = None if timeout is None else max(0.0, started_at + timeout - time.monotonic())
+        gevent.wait(waitables, timeout=remaining, count=1)
+
+        if not leader_exit.ready():
+            # Cancel wins over timeout when both happened: it is the more
+            # deliberate of the two.
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+            else:
+                timed_out = True
+            # Ask politely first so the child can clean up (flush, kill its own
+            # children); SIGKILL follows in _kill_group_and_reap.
+            _signal_group(pid, signal.SIGTERM)
+            leader_exit.join(timeout=kill_grace_seconds)
+
+        killed = True
+        reaped, exit_code, wait_error = _kill_group_and_reap(proc, leader_exit)
+
+        # Drains finish at EOF, i.e. once every writer of the pipes is gone.
+        gevent.joinall(drains, timeout=_DRAIN_GRACE_SECONDS)
+    finally:
+        if not killed:
+            # Reached when the calling greenlet is killed (GreenletExit) or
+            # on_start raised: nothing of the group may survive us.
+            reaped = _kill_group_and_reap(proc, leader_exit)[0]
+        gevent.killall([helper for helper in helpers if helper is not leader_exit])
+        if reaped:
+            _close_pidfd(pidfd)
+        else:
+            # The child did not die even after SIGKILL (uninterruptible sleep):
+            # the exit watcher still owns the pidfd; hand both to a reaper.
+            gevent.spawn(_reap_later, proc, leader_exit, pidfd)
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    return ProcessResult(
+        exit_code=exit_code,
+        stdout=stdout_buffer.getvalue(),
+        stderr=stderr_buffer.getvalue(),
+        timed_out=timed_out,
+        cancelled=cancelled,
+        duration_seconds=time.monotonic() - started_at,
+        stdout_truncated=stdout_buffer.truncated,
+        stderr_truncated=stderr_buffer.truncated,
+        spawn_error=None,
+        wait_error=wait_error,
+    )
+
+
+class _TailBuffer:
+    """Keeps the last `limit` bytes of a stream while it is read.
+
+    Whole chunks are dropped from the front as soon as the rest still covers
+    the limit, so memory stays below limit + one chunk however much is read.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self.truncated = False
+
+    def append(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        while self._chunks and self._size - len(self._chunks[0]) >= self._limit:
+            self._size -= len(self._chunks.popleft())
+            self.truncated = True
+
+    def getvalue(self) -> bytes:
+        data = b"".join(self._chunks)
+        if len(data) > self._limit:
+            self.truncated = True
+            # Not data[-limit:]: with limit 0 that would keep everything.
+            data = data[len(data) - self._limit :]
+        return data
+
+
+def _describe_spawn_error(exc: OSError, executable: str, cwd: str | os.PathLike[str] | None) -> str:
+    """Say what could not be started and why, naming the executable or the cwd."""
+    # Popen reports a failed chdir with the cwd as the error's filename and a
+    # failed exec with the executable's, so the filename tells them apart.
+    cwd_text = os.fsdecode(cwd) if cwd is not None else None
+    about_cwd = (
+        cwd_text is not None and exc.filename is not None and os.fsdecode(exc.filename) == cwd_text
+    )
+    if about_cwd:
+        if isinstance(exc, FileNotFoundError):
+            return f"working directory not found: {cwd_text}"
+        if isinstance(exc, NotADirectoryError):
+            return f"working directory is not a directory: {cwd_text}"
+        if isinstance(exc, PermissionError):
+            return f"permission denied for working directory: {cwd_text}"
+        return f"cannot use working directory {cwd_text}: {exc.strerror or exc}"
+    if isinstance(exc, FileNotFoundError):
+        return f"executable not found: {executable}"
+    if isinstance(exc, NotADirectoryError):
+        return f"executable not found (a path component is not a directory): {executable}"
+    if isinstance(exc, PermissionError):
+        return f"permission denied, cannot execute: {executable}"
+    return f"could not start {executable}: {exc.strerror or exc}"
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd becomes readable when the process exits, without reaping it."""
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        # ENOSYS or a seccomp filter: fall back to polling.
+        return None
+
+
+def _close_pidfd(pidfd: int | None) -> None:
+    if pidfd is not None:
+        os.close(pidfd)
+
+
+def _wait_until_exited(pid: int, pidfd: int | None) -> None:
+    """Return once the child has exited, leaving it unreaped (a zombie).
+
+    Not reaping here keeps the pid, and so the process group id, reserved
+    until the group has been swept with SIGKILL.
+    """
+    if pidfd is not None:
+        gevent.socket.wait_read(pidfd)
+        return
+    while True:
+        try:
+            # WNOWAIT: look at the exit without consuming it.
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return  # Reaped by someone else; _reap reports it.
+        if info is not None:
+            return
+        gevent.sleep(_EXIT_POLL_INTERVAL_SECONDS)
+
+
+def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
+    """Collect the exit status of an exited child; never blocks.
+
+    Not Popen.wait(): it turns "already reaped by someone else" (ECHILD) into
+    exit code 0, which would report a failed run as a success.
+    """
+    try:
+        waited_pid, status = os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        # Tell Popen it is done so it does not try to reap it again later.
+        proc.returncode = -1
+        return None, (
+            f"exit status of process {proc.pid} was lost: another part of this "
+            "program reaped it (is gevent.subprocess used on the default loop?)"
+        )
+    if waited_pid == 0:
+        # Only reachable if called before the exit; keep the API honest.
+        return None, f"process {proc.pid} had not exited when reaped"
+    exit_code = os.waitstatus_to_exitcode(status)
+    proc.returncode = exit_code
+    return exit_code, None
+
+
+def _reap_later(
+    proc: subprocess.Popen[bytes], leader_exit: gevent.Greenlet, pidfd: int | None
+) -> None:
+    """Last resort for a child that did not die within the SIGKILL wait."""
+    try:
+        leader_exit.join()
+        _signal_group(proc.pid, signal.SIGKILL)
+        _reap(proc)
+    finally:
+        _close_pidfd(pidfd)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass  # The whole group is already gone.
+    except PermissionError:
+        pass  # Only members we may not signal remain (e.g. setuid): nothing we can do.
+
+
+def _kill_group_and_reap(
+    proc: subprocess.Popen[bytes], leader_exit: gevent.Greenlet
+) -> tuple[bool, int | None, str | None]:
+    """SIGKILL the group, wait for the leader, sweep the group again, reap.
+
+    Returns (reaped, exit_code, wait_error). After a normal exit the first
+    SIGKILL only hits leftover background descendants; they would otherwise
+    survive the run and keep our pipes open.
+    """
+    _signal_group(proc.pid, signal.SIGKILL)
+    leader_exit.join(timeout=_SIGKILL_WAIT_SECONDS)
+    if not leader_exit.ready():
+        return (
+            False,
+            None,
+            f"process {proc.pid} did not exit after SIGKILL; it is reaped in the background",
+        )
+    # Once more now that the leader has exited, for any member still alive
+    # (cheap; ProcessLookupError when the group is empty). The leader is a
+    # zombie until reaped, so its pid (= the pgid) cannot have been reused
+    # yet: this signal cannot hit a stranger. Hence sweep first, reap second.
+    _signal_group(proc.pid, signal.SIGKILL)
+    exit_code, wait_error = _reap(proc)
+    return True, exit_code, wait_error
+
+
+def _drain(fd: int, buffer: _TailBuffer) -> None:
+    """Read `fd` until EOF into `buffer`, yielding to the hub while it is empty."""
+    gevent.os.make_nonblocking(fd)
+    while True:
+        chunk = gevent.os.nb_read(fd, _READ_CHUNK_BYTES)
+        if not chunk:
+            return
+        buffer.append(chunk)
+
+
+def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
+    """Write `data` to the child's stdin, then close it so the child sees EOF."""
+    try:
+        fd = pipe.fileno()
+        gevent.os.make_nonblocking(fd)
+        view = memoryview(data)
+        while view:
+            written = gevent.os.nb_write(fd, view)
+            view = view[written:]
+    except BrokenPipeError:
+        pass  # The child exited or closed stdin without reading it all: its choice.
+    finally:
+        # Closing flushes nothing (we wrote past the buffer), but be safe.
+        with contextlib.suppress(BrokenPipeError):
+            pipe.close()

@@ -1,0 +1,376 @@
+"""The host's entry point: ``start()``, ``Runtime`` and ``JobHandle``.
+
+Owns the bridge between host threads and the actor system: starting the hub
+and the runtime's actors, turning host calls into messages with a reply box
+and a timeout, waking ``JobHandle.wait`` when a job ends, and an orderly
+``stop``. Every public method is safe to call from any host thread, several at
+once. Scores are loaded and planned here, on the caller's thread, so bad input
+raises at once and changes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from loguru import logger
+from pykka import ActorRef
+
+from actors.backends.base import BackendSpec
+from actors.backends.cli import CliBackend
+from actors.base import ActorContext, ActorRegistry
+from actors.bus import EventBus
+from actors.hub import HubClock, HubThread
+from actors.persistence import Persistence
+from actors.pool import BackendPool
+from actors.supervisor import Supervisor
+from runtime.clock import Clock, ManualClock
+from runtime.errors import (
+    CallTimeoutError,
+    EnsembleError,
+    JobNotFoundError,
+    RuntimeStoppedError,
+    UnknownInstrumentError,
+)
+from runtime.events import Event
+from runtime.messages import JobCommand, Reply, Subscribe, SubmitJob, Unsubscribe
+from runtime.plan import build_plan
+from runtime.score import Score, load_score
+from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult
+
+DEFAULT_CALL_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0
+
+
+def start(
+    state_dir: str | Path = ".ensemble",
+    *,
+    backends: Mapping[str, BackendSpec] | None = None,
+    max_concurrent_sheets: int = 10,
+    clock: Clock | None = None,
+    fsync: bool = True,
+) -> Runtime:
+    """Start a runtime whose checkpoints live in ``state_dir``.
+
+    ``backends`` maps instrument names to backend specs (``CliBackend``,
+    ``runtime.testing.ScriptedBackend``, ...); the built-in ``cli`` instrument
+    is always there unless replaced. Use the result as a context manager, or
+    call ``stop()``.
+    """
+    if max_concurrent_sheets < 1:
+        raise EnsembleError("max_concurrent_sheets must be at least 1")
+    return Runtime(
+        Path(state_dir),
+        backends={"cli": CliBackend(), **(backends or {})},
+        max_concurrent_sheets=max_concurrent_sheets,
+        clock=clock,
+        fsync=fsync,
+    )
+
+
+class _ReplyBox:
+    """Receives one ``Reply`` from an actor into a host thread."""
+
+    __slots__ = ("_event", "_reply")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._reply: Reply | None = None
+
+    def tell(self, message: Any) -> None:
+        self._reply = message
+        self._event.set()
+
+    def wait(self, timeout: float, what: str) -> Any:
+        if not self._event.wait(timeout):
+            raise CallTimeoutError(f"the runtime did not answer '{what}' within {timeout:g} s")
+        reply = self._reply
+        assert isinstance(reply, Reply)
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+
+class _Waiter:
+    __slots__ = ("event", "result", "error")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.result: JobResult | None = None
+        self.error: EnsembleError | None = None
+
+
+class Runtime:
+    """A running Ensemble: submit scores, wait for jobs, subscribe to events."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        backends: Mapping[str, BackendSpec],
+        max_concurrent_sheets: int,
+        clock: Clock | None,
+        fsync: bool,
+    ) -> None:
+        self.state_dir = state_dir.resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._backend_specs = dict(backends)
+        self._lock = threading.Lock()
+        self._waiters: dict[str, _Waiter] = {}
+        self._subscription_ids = itertools.count(1)
+        self._stopped = False
+        self._hub = HubThread()
+        self.clock: Clock = clock if clock is not None else HubClock(self._hub)
+        if isinstance(self.clock, ManualClock):
+            self.clock.bind(self._hub.call_soon)
+        self.registry = ActorRegistry()
+        self._context = ActorContext(self._hub, self.registry, self.clock)
+        try:
+            self._hub.run(self._start_actors, max_concurrent_sheets, fsync)
+        except BaseException:
+            self._hub.stop()
+            raise
+
+    def _start_actors(self, max_concurrent_sheets: int, fsync: bool) -> None:
+        context = self._context
+        self._bus = EventBus.start(context)
+        self._persistence = Persistence.start(context, state_dir=self.state_dir, fsync=fsync)
+        self._backends = {
+            name: spec.start_actor(context, name) for name, spec in self._backend_specs.items()
+        }
+        limits = {
+            name: spec.max_concurrent
+            for name, spec in self._backend_specs.items()
+            if spec.max_concurrent is not None
+        }
+        self._pool = BackendPool.start(
+            context,
+            backends=self._backends,
+            max_concurrent_sheets=max_concurrent_sheets,
+            instrument_limits=limits,
+        )
+        self._supervisor = Supervisor.start(
+            context,
+            state_dir=self.state_dir,
+            pool=self._pool,
+            persistence=self._persistence,
+            bus=self._bus,
+            on_job_finished=self._job_finished,
+        )
+
+    # --- jobs ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        score: str | Path | Mapping[str, Any] | Score,
+        *,
+        job_id: str | None = None,
+        timeout: float = DEFAULT_CALL_TIMEOUT,
+    ) -> JobHandle:
+        """Load, check and start a score; returns at once with the job's handle.
+
+        Raises ``ScoreError`` for an invalid score and ``UnknownInstrumentError``
+        when a sheet needs an instrument this runtime has no backend for.
+        """
+        self._check_running()
+        loaded = load_score(score)
+        plan = build_plan(loaded)
+        missing = sorted(plan.instruments - self._backend_specs.keys())
+        if missing:
+            known = ", ".join(sorted(self._backend_specs)) or "none"
+            raise UnknownInstrumentError(
+                f"no backend for instrument {', '.join(repr(m) for m in missing)} "
+                f"(this runtime has: {known}); pass one in runtime.start(backends=...) "
+                "or set the score's 'instrument'",
+                key_path="instrument",
+            )
+        box = _ReplyBox()
+        self._supervisor.tell(SubmitJob(loaded, plan, job_id, box))
+        new_id: str = box.wait(timeout, "submit")
+        self._waiter(new_id)
+        return JobHandle(self, new_id)
+
+    def job(self, job_id: str) -> JobHandle:
+        """A handle to a job this runtime knows."""
+        self._check_running()
+        self._command(job_id, "progress", DEFAULT_CALL_TIMEOUT)
+        return JobHandle(self, job_id)
+
+    def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` for every observer event, on the runtime's
+        delivery thread; returns a function that unsubscribes."""
+        self._check_running()
+        subscription_id = next(self._subscription_ids)
+        self._bus.tell(Subscribe(subscription_id, callback))
+
+        def unsubscribe() -> None:
+            if not self._stopped:
+                self._bus.tell(Unsubscribe(subscription_id))
+
+        return unsubscribe
+
+    # --- life cycle ---------------------------------------------------------------
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Stop every actor of this runtime; running attempts are terminated and
+        their sheets resume from the checkpoint next time. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+        try:
+            self._hub.run(self._stop_actors, timeout, timeout=timeout * 3)
+        except Exception:  # noqa: BLE001 - stopping goes on whatever happened
+            logger.exception("error while stopping the runtime's actors")
+        self._bus_thread_join(timeout)
+        self._hub.stop(timeout)
+        with self._lock:
+            waiters = list(self._waiters.items())
+        for job_id, waiter in waiters:
+            if not waiter.event.is_set():
+                waiter.error = RuntimeStoppedError(
+                    f"the runtime stopped before job '{job_id}' finished; its checkpoint "
+                    f"is kept in {self.state_dir}"
+                )
+                waiter.event.set()
+
+    def _stop_actors(self, timeout: float) -> None:
+        # Jobs first (they stop their sheets), then the services they used.
+        for ref in (self._supervisor,):
+            _stop_and_wait(ref, timeout)
+        for ref in self.registry.alive():
+            if _is_job_or_sheet(ref):
+                _stop_and_wait(ref, timeout)
+        for ref in (self._pool, *self._backends.values(), self._persistence, self._bus):
+            _stop_and_wait(ref, timeout)
+        for ref in self.registry.alive():
+            logger.warning("stopping leftover actor {}", ref)
+            _stop_and_wait(ref, timeout)
+
+    def _bus_thread_join(self, timeout: float) -> None:
+        bus = self._bus
+        actor = getattr(bus, "_actor", None)
+        thread = getattr(actor, "delivery_thread", None)
+        if isinstance(thread, threading.Thread):
+            thread.join(timeout)
+
+    def alive_actors(self) -> int:
+        """How many of this runtime's actors are running (0 after ``stop``)."""
+        return len(self.registry.alive())
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # --- internals ------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise RuntimeStoppedError("this runtime was stopped; start a new one")
+
+    def _command(self, job_id: str, command: str, timeout: float) -> Any:
+        self._check_running()
+        box = _ReplyBox()
+        self._supervisor.tell(JobCommand(job_id, command, box))
+        return box.wait(timeout, f"{command} {job_id}")
+
+    def _waiter(self, job_id: str) -> _Waiter:
+        with self._lock:
+            waiter = self._waiters.get(job_id)
+            if waiter is None:
+                waiter = self._waiters[job_id] = _Waiter()
+            return waiter
+
+    def _job_finished(self, result: JobResult) -> None:
+        waiter = self._waiter(result.job_id)
+        waiter.result = result
+        waiter.event.set()
+
+
+class JobHandle:
+    """A submitted job, as seen from the host."""
+
+    def __init__(self, runtime: Runtime, job_id: str) -> None:
+        self.runtime = runtime
+        self.job_id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.job_id!r})"
+
+    def wait(self, timeout: float | None = None) -> JobResult:
+        """Block until the job is final and return its result.
+
+        Raises ``TimeoutError`` if ``timeout`` seconds pass first and
+        ``RuntimeStoppedError`` if the runtime stops first.
+        """
+        waiter = self.runtime._waiter(self.job_id)
+        if not waiter.event.wait(timeout):
+            raise TimeoutError(f"job '{self.job_id}' did not finish within {timeout:g} s")
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.result is not None
+        return waiter.result
+
+    def done(self) -> bool:
+        return self.runtime._waiter(self.job_id).event.is_set()
+
+    def status(self, timeout: float = DEFAULT_CALL_TIMEOUT) -> JobProgress:
+        """Counts of sheets by status, the job's status and its cost so far."""
+        result = self.runtime._command(self.job_id, "progress", timeout)
+        if isinstance(result, JobResult):
+            return _progress_from_result(result)
+        assert isinstance(result, JobProgress)
+        return result
+
+    def result(self, timeout: float = DEFAULT_CALL_TIMEOUT) -> JobResult:
+        """The job's per-sheet state now (final once ``wait`` returned)."""
+        value = self.runtime._command(self.job_id, "result", timeout)
+        assert isinstance(value, JobResult)
+        return value
+
+    def pause(self, timeout: float = DEFAULT_CALL_TIMEOUT) -> bool:
+        """S25: stop dispatching; running attempts finish. False if nothing changed."""
+        return bool(self.runtime._command(self.job_id, "pause", timeout))
+
+    def resume(self, timeout: float = DEFAULT_CALL_TIMEOUT) -> bool:
+        return bool(self.runtime._command(self.job_id, "resume", timeout))
+
+    def cancel(self, timeout: float = DEFAULT_CALL_TIMEOUT) -> bool:
+        """S26: terminate running attempts and end the job cancelled."""
+        return bool(self.runtime._command(self.job_id, "cancel", timeout))
+
+
+def _progress_from_result(result: JobResult) -> JobProgress:
+    counts: dict[str, int] = {}
+    for sheet in result.sheets.values():
+        counts[sheet.status.value] = counts.get(sheet.status.value, 0) + 1
+    return JobProgress(result.job_id, result.job_id, result.status, len(result.sheets), counts, result.cost)
+
+
+def _stop_and_wait(ref: ActorRef[Any], timeout: float) -> None:
+    if ref.is_alive():
+        try:
+            ref.stop(block=True, timeout=timeout)
+        except Exception:  # noqa: BLE001 - a stuck actor must not stop the shutdown
+            logger.warning("actor {} did not stop within {} s", ref, timeout)
+
+
+def _is_job_or_sheet(ref: ActorRef[Any]) -> bool:
+    from actors.job import JobActor
+    from actors.sheet import SheetActor
+
+    return issubclass(ref.actor_class, JobActor | SheetActor)
+
+
+__all__ = ["JobHandle", "Runtime", "start", "FINAL_JOB_STATUSES", "JobNotFoundError"]

@@ -1,0 +1,227 @@
+"""Every message the actors exchange (DESIGN rule 1).
+
+Messages are small frozen dataclasses. A message that expects an answer carries
+``reply_to``: anything with a ``tell`` method, an actor ref or a host-side
+reply box. This module holds no behaviour and imports no actor code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from runtime.events import Event
+from runtime.outcomes import AttemptResult, ExecutionResult
+from runtime.plan import Plan
+from runtime.score import Score
+
+
+class Recipient(Protocol):
+    def tell(self, message: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The answer to a request: a value, or an exception to raise at the caller."""
+
+    value: Any = None
+    error: BaseException | None = None
+
+
+# --- host -> supervisor ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitJob:
+    score: Score
+    plan: Plan
+    job_id: str | None
+    reply_to: Recipient
+
+
+JOB_COMMANDS = ("pause", "resume", "cancel", "progress", "result")
+
+
+@dataclass(frozen=True, slots=True)
+class JobCommand:
+    """``command`` is one of JOB_COMMANDS; the supervisor forwards it to the job."""
+
+    job_id: str
+    command: str
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class ListJobs:
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class WatchJob:
+    """Reply with the job's JobResult once it is final (at once if it already is)."""
+
+    job_id: str
+    reply_to: Recipient
+
+
+# --- job <-> supervisor ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JobFinished:
+    job_id: str
+    result: Any  # runtime.state.JobResult
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFailed:
+    """Sent by the base actor to its parent when it dies of an unhandled error."""
+
+    child_urn: str
+    key: Any
+    error: str
+
+
+# --- job <-> pool ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Permission to run one attempt on ``backend`` until released."""
+
+    lease_id: int
+    instrument: str
+    backend: Any  # ActorRef of the backend actor
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLeases:
+    job_id: str
+    requests: tuple[tuple[int, str], ...]  # (sheet_num, instrument), FIFO
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class LeasesGranted:
+    grants: tuple[tuple[int, Lease], ...]  # (sheet_num, lease)
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawLeaseRequests:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLeases:
+    lease_ids: tuple[int, ...]
+
+
+# --- job <-> sheet -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunAttempt:
+    attempt: int
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAttempt:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptFinished:
+    sheet_num: int
+    attempt: int
+    result: AttemptResult
+
+
+@dataclass(frozen=True, slots=True)
+class TimerFired:
+    sheet_num: int
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """A job's note to itself: commit the batch and release its effects."""
+
+
+# --- sheet <-> backend --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionRequest:
+    request_id: str
+    job_id: str
+    sheet_num: int
+    attempt: int
+    instrument: str
+    prompt: str
+    workspace: str
+    timeout_seconds: float
+    model: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Execute:
+    request: ExecutionRequest
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class CancelExecution:
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFinished:
+    request_id: str
+    result: ExecutionResult
+
+
+# --- persistence ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateJobFiles:
+    """Write a new job's score and first snapshot; the job exists once it is answered."""
+
+    job_id: str
+    score: dict[str, Any]
+    checkpoint: dict[str, Any]
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Append records to a job's journal; ``done`` is set once they are durable."""
+
+    job_id: str
+    records: tuple[dict[str, Any], ...]
+    done: Any  # a future: set to the last sequence number, or to an exception
+
+
+@dataclass(frozen=True, slots=True)
+class CloseJobFiles:
+    job_id: str
+
+
+# --- events --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    events: tuple[Event, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    subscription_id: int
+    callback: Any  # Callable[[Event], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscription_id: int

@@ -1,0 +1,207 @@
+"""Sheet and job state, and their checkpoint form.
+
+Owns the statuses of SEMANTICS.md, the mutable per-job state the decision core
+works on, and the conversion of that state to and from the plain dicts stored in
+the journal and the snapshot. It decides nothing: transitions live in
+``runtime.machine``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from runtime.plan import Plan
+
+
+class SheetStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    DISPATCHED = "dispatched"
+    WAITING = "waiting"
+    RETRY_SCHEDULED = "retry_scheduled"
+    FERMATA = "fermata"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {SheetStatus.COMPLETED, SheetStatus.FAILED, SheetStatus.SKIPPED, SheetStatus.CANCELLED}
+)
+
+
+class JobStatus(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_JOB_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class SkipReason(StrEnum):
+    """Why a sheet was skipped; only a cascade leaves dependents unsatisfied (S1)."""
+
+    CONDITION = "condition"
+    USER = "user"
+    CASCADE = "cascade"
+
+
+@dataclass(slots=True)
+class SheetState:
+    """One sheet's progress. Fields up to ``retry_at`` are checkpointed."""
+
+    num: int
+    status: SheetStatus = SheetStatus.PENDING
+    attempts: int = 0
+    retries_used: int = 0
+    cost: float = 0.0
+    last_error: str | None = None
+    error_kind: str | None = None
+    skip_reason: SkipReason | None = None
+    output_tail: str = ""
+    retry_at: float | None = None
+    # Runtime-only bookkeeping, rebuilt on recovery.
+    unmet_dependencies: int = 0
+    lease: Any = None
+    cancel_requested: bool = False
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def satisfies_dependents(self) -> bool:
+        """S1: completed, or skipped by the user or a condition (not a cascade)."""
+        if self.status is SheetStatus.COMPLETED:
+            return True
+        return self.status is SheetStatus.SKIPPED and self.skip_reason is not SkipReason.CASCADE
+
+    def to_record(self) -> dict[str, Any]:
+        """The checkpointed fields, as stored in the journal and the snapshot."""
+        return {
+            "num": self.num,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "retries_used": self.retries_used,
+            "cost": self.cost,
+            "last_error": self.last_error,
+            "error_kind": self.error_kind,
+            "skip_reason": self.skip_reason.value if self.skip_reason else None,
+            "output_tail": self.output_tail,
+            "retry_at": self.retry_at,
+        }
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> SheetState:
+        skip = record.get("skip_reason")
+        return cls(
+            num=int(record["num"]),
+            status=SheetStatus(record["status"]),
+            attempts=int(record.get("attempts", 0)),
+            retries_used=int(record.get("retries_used", 0)),
+            cost=float(record.get("cost", 0.0)),
+            last_error=record.get("last_error"),
+            error_kind=record.get("error_kind"),
+            skip_reason=SkipReason(skip) if skip else None,
+            output_tail=record.get("output_tail", ""),
+            retry_at=record.get("retry_at"),
+        )
+
+
+@dataclass(slots=True)
+class JobState:
+    """One job: its plan, its sheets and the counters kept up to date on every change.
+
+    ``counts`` and ``running`` are maintained incrementally so that no decision
+    walks all sheets (DESIGN rule 5).
+    """
+
+    job_id: str
+    plan: Plan
+    sheets: list[SheetState]
+    status: JobStatus = JobStatus.RUNNING
+    paused_by_user: bool = False
+    cancelling: bool = False
+    cost: float = 0.0
+    counts: dict[SheetStatus, int] = field(default_factory=dict)
+    ready_queue: deque[int] = field(default_factory=deque)
+    lease_requested: set[int] = field(default_factory=set)
+    running: int = 0
+    started: bool = False
+
+    @property
+    def total_sheets(self) -> int:
+        return len(self.sheets)
+
+    def sheet(self, num: int) -> SheetState:
+        return self.sheets[num - 1]
+
+    def has_sheet(self, num: int) -> bool:
+        return 1 <= num <= len(self.sheets)
+
+    @property
+    def terminal_count(self) -> int:
+        counts = self.counts
+        return sum(counts.get(status, 0) for status in TERMINAL_STATUSES)
+
+    def job_record(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "paused_by_user": self.paused_by_user,
+            "cost": self.cost,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class SheetResult:
+    num: int
+    status: SheetStatus
+    attempts: int
+    cost: float
+    error: str | None
+    error_kind: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What ``JobHandle.wait()`` returns: the final status and every sheet's fate."""
+
+    job_id: str
+    status: JobStatus
+    cost: float
+    sheets: dict[int, SheetResult]
+    error: str | None = None
+
+    def count(self, status: SheetStatus) -> int:
+        return sum(1 for sheet in self.sheets.values() if sheet.status is status)
+
+
+@dataclass(frozen=True, slots=True)
+class JobProgress:
+    """A cheap snapshot of a job for status displays: counts only."""
+
+    job_id: str
+    name: str
+    status: JobStatus
+    total_sheets: int
+    counts: dict[str, int]
+    cost: float
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("completed", 0) + self.counts.get("skipped", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    @property
+    def running(self) -> int:
+        return self.counts.get("dispatched", 0)
