@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 import gevent
 import gevent.event
 import gevent.queue
+import greenlet
 import pykka
 from gevent import GreenletExit
 from loguru import logger
@@ -84,7 +85,7 @@ class _Inbox:
     def __init__(self) -> None:
         if not on_hub_thread():
             raise RuntimeError("Ensemble actors must be created on the runtime's hub thread")
-        self._queue: gevent.queue.Queue[Envelope[Any]] = gevent.queue.Queue()
+        self._queue: gevent.queue.SimpleQueue[Envelope[Any]] = gevent.queue.SimpleQueue()
         self._hub_ident = threading.get_ident()
         self._loop = gevent.get_hub().loop
 
@@ -181,6 +182,43 @@ class GeventFuture(pykka.Future[Any]):
                 self._green_loop.run_callback_threadsafe(green.set)
 
 
+class _StoppedFlag:
+    """The ``actor_stopped`` flag pykka's ActorRef reads, cheaper than a threading.Event.
+
+    Set once, on the hub; read from any thread (a plain attribute read).
+    ``wait`` is for rare host-side use and builds its event on demand.
+    """
+
+    __slots__ = ("_set", "_event", "_lock")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            if self._set:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
+
+
+_actor_numbers = itertools.count(1)
+
+
 def send(recipient: Recipient | None, message: Any) -> bool:
     """Tell ``recipient``; a recipient that is gone is logged, not an error."""
     if recipient is None:
@@ -205,6 +243,14 @@ class TaskDone:
 _task_ids = itertools.count(1)
 
 
+def _spawn_raw(function: Callable[..., None], *args: Any) -> greenlet.greenlet:
+    """Start ``function(*args)`` in a bare greenlet on this thread's hub, soon."""
+    hub = gevent.get_hub()
+    task = greenlet.greenlet(function, parent=hub)
+    hub.loop.run_callback(task.switch, *args)
+    return task
+
+
 class EnsembleActor(pykka.Actor):
     """Base of every actor of a runtime: runs as a greenlet on the runtime's hub.
 
@@ -215,11 +261,16 @@ class EnsembleActor(pykka.Actor):
     def __init__(
         self, context: ActorContext, *, parent: Recipient | None = None, key: Any = None
     ) -> None:
-        super().__init__()
+        # pykka's own __init__ builds a uuid4 URN and a threading.Event per actor,
+        # together about 10 µs: a third of an actor's start. The fields are the same.
+        self.actor_urn = f"urn:ensemble:{next(_actor_numbers)}"
+        self.actor_inbox = self._create_actor_inbox()
+        self.actor_stopped = _StoppedFlag()  # type: ignore[assignment]
+        self._actor_ref = ActorRef(self)
         self.context = context
         self.parent = parent
         self.key = key
-        self._tasks: dict[int, gevent.Greenlet[Any, Any]] = {}
+        self._tasks: dict[int, greenlet.greenlet] = {}
 
     # --- pykka hooks ------------------------------------------------------------------
 
@@ -232,7 +283,10 @@ class EnsembleActor(pykka.Actor):
         return GeventFuture()
 
     def _start_actor_loop(self) -> None:
-        gevent.spawn(self._run_loop)
+        # A bare greenlet, not gevent.spawn: gevent records the spawning stack of
+        # each Greenlet, which cost ~50 µs per actor here. _run_loop lets nothing
+        # escape, so the hub never sees an exception from it.
+        _spawn_raw(self._run_loop)
 
     @classmethod
     def start(cls, *args: Any, **kwargs: Any) -> ActorRef[Self]:
@@ -243,6 +297,14 @@ class EnsembleActor(pykka.Actor):
         return actor.actor_ref
 
     def _run_loop(self) -> None:
+        try:
+            self._actor_loop()
+        except BaseException:  # noqa: BLE001 - nothing may reach the hub
+            logger.opt(exception=True).critical("{}: actor loop failed", self)
+            self.context.registry.unregister(self.actor_ref)
+            self.actor_stopped.set()
+
+    def _actor_loop(self) -> None:
         try:
             self._actor_loop_setup()
             inbox, stopped = self.actor_inbox, self.actor_stopped
@@ -310,8 +372,7 @@ class EnsembleActor(pykka.Actor):
     def spawn_task(self, function: Callable[..., Any], *args: Any) -> int:
         """Run ``function(*args)`` in its own greenlet; its end arrives as ``TaskDone``."""
         task_id = next(_task_ids)
-        greenlet = gevent.spawn(self._task_body, task_id, function, args)
-        self._tasks[task_id] = greenlet
+        self._tasks[task_id] = _spawn_raw(self._task_body, task_id, function, args)
         return task_id
 
     def _task_body(self, task_id: int, function: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -325,8 +386,9 @@ class EnsembleActor(pykka.Actor):
 
     def _kill_tasks(self) -> None:
         tasks, self._tasks = self._tasks, {}
-        for greenlet in tasks.values():
-            greenlet.kill(block=False)
+        for task in tasks.values():
+            if not task.dead:
+                gevent.kill(task)
 
     def _handle_receive(self, message: Any) -> Any:
         if isinstance(message, TaskDone):

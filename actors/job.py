@@ -166,11 +166,9 @@ class JobActor(EnsembleActor):
         if sheet_num is None:
             return
         self._sheets.pop(sheet_num, None)
-        lease = machine.on_attempt_lost(
+        machine.on_attempt_lost(
             self.state, sheet_num, f"sheet actor crashed: {message.error}", now, self._effects
         )
-        if lease is not None:
-            send(self._pool, ReleaseLeases((lease.lease_id,)))
 
     # --- the batch ---------------------------------------------------------------
 
@@ -202,8 +200,8 @@ class JobActor(EnsembleActor):
             send(self._bus, Publish(tuple(fx.events)))
         if fx.withdraw_lease_requests:
             send(self._pool, WithdrawLeaseRequests(state.job_id))
-        if fx.unused_leases:
-            send(self._pool, ReleaseLeases(tuple(lease.lease_id for lease in fx.unused_leases)))
+        if fx.released_leases:
+            send(self._pool, ReleaseLeases(tuple(lease.lease_id for lease in fx.released_leases)))
         if fx.lease_requests:
             requests = tuple((request.sheet_num, request.instrument) for request in fx.lease_requests)
             send(self._pool, RequestLeases(state.job_id, requests, job_ref))

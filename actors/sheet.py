@@ -23,7 +23,6 @@ from runtime.messages import (
     ExecutionRequest,
     Execute,
     Lease,
-    ReleaseLeases,
     RunAttempt,
 )
 from runtime.outcomes import AttemptResult, ExecutionResult, OutcomeKind
@@ -71,7 +70,6 @@ class SheetActor(EnsembleActor):
 
     def on_stop(self) -> None:
         self._cancel()
-        self._release()
 
     def _run(self, message: RunAttempt) -> None:
         self._attempt = message.attempt
@@ -117,13 +115,9 @@ class SheetActor(EnsembleActor):
         ))
 
     def _report(self, result: AttemptResult) -> None:
-        self._release()
+        # The job gives the lease back once the result is committed.
+        self._lease = None
         send(self._job, AttemptFinished(self._sheet.num, self._attempt, result))
-
-    def _release(self) -> None:
-        if self._lease is not None:
-            send(self._pool, ReleaseLeases((self._lease.lease_id,)))
-            self._lease = None
 
     def _cancel(self) -> None:
         if self._request_id is not None and self._lease is not None:

@@ -5,7 +5,8 @@ this package is plain data and pure logic (scores, plans, the decision core),
 free of actors, gevent and pykka.
 """
 
-from runtime.api import JobHandle, Runtime, start
+from typing import TYPE_CHECKING, Any
+
 from runtime.clock import ManualClock
 from runtime.errors import (
     CallTimeoutError,
@@ -20,6 +21,20 @@ from runtime.errors import (
 )
 from runtime.events import Event
 from runtime.state import JobProgress, JobResult, JobStatus, SheetResult, SheetStatus
+
+if TYPE_CHECKING:
+    from runtime.api import JobHandle, Runtime, start
+
+
+def __getattr__(name: str) -> Any:
+    # The host surface imports the actors, and the actors import runtime's
+    # plain modules: loading it lazily lets either side be imported first.
+    if name in ("start", "Runtime", "JobHandle"):
+        from runtime import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+
 
 __all__ = [
     "CallTimeoutError",

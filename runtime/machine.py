@@ -71,7 +71,7 @@ class Effects:
     attempts: list[AttemptOrder] = field(default_factory=list)
     timers: list[TimerOrder] = field(default_factory=list)
     cancel_attempts: list[int] = field(default_factory=list)
-    unused_leases: list[Any] = field(default_factory=list)
+    released_leases: list[Any] = field(default_factory=list)
     finished: JobStatus | None = None
 
     @property
@@ -85,7 +85,7 @@ class Effects:
             or self.attempts
             or self.timers
             or self.cancel_attempts
-            or self.unused_leases
+            or self.released_leases
             or self.finished
         )
 
@@ -135,12 +135,12 @@ def on_leases_granted(
     """A lease per sheet: the sheet is dispatched and its next attempt starts (rule 3)."""
     for sheet_num, lease in grants:
         if sheet_num not in state.lease_requested:
-            fx.unused_leases.append(lease)
+            fx.released_leases.append(lease)
             continue
         state.lease_requested.discard(sheet_num)
         sheet = state.sheet(sheet_num)
         if sheet.status is not SheetStatus.READY or state.cancelling or state.paused_by_user:
-            fx.unused_leases.append(lease)
+            fx.released_leases.append(lease)
             if sheet.status is SheetStatus.READY:
                 state.ready_queue.appendleft(sheet_num)
             continue
@@ -165,7 +165,11 @@ def on_attempt_finished(
     if sheet.status is not SheetStatus.DISPATCHED or attempt != sheet.attempts:
         return False
     state.running -= 1
-    sheet.lease = None
+    # The job gives the lease back after committing the result, in one message
+    # per batch: a slot is never reused before the attempt's outcome is durable.
+    if sheet.lease is not None:
+        fx.released_leases.append(sheet.lease)
+        sheet.lease = None
     sheet.cost += result.cost
     state.cost += result.cost
     if result.cost:
@@ -259,19 +263,17 @@ def on_timer(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:
     _request_leases(state, fx)
 
 
-def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx: Effects) -> Any:
-    """S14: the sheet actor died without reporting. Returns the lease it held."""
+def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx: Effects) -> None:
+    """S14: the sheet actor died without reporting: a failed attempt, classified as crash."""
     if not state.has_sheet(sheet_num):
-        return None
+        return
     sheet = state.sheet(sheet_num)
     if sheet.status is not SheetStatus.DISPATCHED:
-        return None
-    lease = sheet.lease
+        return
     on_attempt_finished(
         state, sheet_num, sheet.attempts,
         AttemptResult(kind=OutcomeKind.CRASHED, error=error), now, fx,
     )
-    return lease
 
 
 # --- job control -------------------------------------------------------------------

@@ -39,10 +39,15 @@ class PromptTemplate:
         self._user_variables = dict(variables or {})
 
     def render(self, variables: Mapping[str, Any]) -> str:
-        # User variables override the built-ins (SCORE_FORMAT "Prompts").
-        context = {**variables, **self._user_variables}
+        # User variables override the built-ins (SCORE_FORMAT "Prompts"). One flat
+        # dict with the environment's globals and a shared context skips Jinja's
+        # per-render ChainMap, which cost more than the rendering itself.
+        context = {**_ENVIRONMENT.globals, **variables, **self._user_variables}
+        template = self._template
         try:
-            return self._template.render(context)
+            return _ENVIRONMENT.concat(  # type: ignore[attr-defined]
+                template.root_render_func(template.new_context(context, shared=True))
+            )
         except jinja2.UndefinedError as exc:
             raise PromptError(
                 f"undefined template variable: {exc.message}", key_path="prompt.template"

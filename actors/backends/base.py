@@ -60,6 +60,10 @@ class BackendActor(EnsembleActor):
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Execute):
+            immediate = self._answer_now(message.request)
+            if immediate is not None:
+                send(message.reply_to, ExecutionFinished(message.request.request_id, immediate))
+                return None
             cancel = gevent.event.Event()
             task_id = self.spawn_task(self.execute, message.request, cancel)
             self._running[task_id] = _Running(
@@ -95,6 +99,22 @@ class BackendActor(EnsembleActor):
     def on_stop(self) -> None:
         for running in self._running.values():
             running.cancel.set()
+
+    def _answer_now(self, request: ExecutionRequest) -> ExecutionResult | None:
+        try:
+            return self.answer_now(request)
+        except Exception as exc:  # noqa: BLE001 - a crash in backend code is a crashed attempt
+            logger.opt(exception=exc).warning(
+                "instrument {} crashed on {}", self.instrument, request.request_id
+            )
+            return ExecutionResult(
+                kind=OutcomeKind.CRASHED, error=f"backend crashed: {type(exc).__name__}: {exc}"
+            )
+
+    def answer_now(self, request: ExecutionRequest) -> ExecutionResult | None:
+        """The result, if it is known without waiting for anything; else None and
+        ``execute`` runs in a task. Must not block."""
+        return None
 
     def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
         """Run one request to its end; runs in its own greenlet. Must honour ``cancel``."""
