@@ -96,10 +96,11 @@ class _Inbox:
             self._loop.run_callback_threadsafe(self._queue.put, envelope)
 
     def get(self) -> Envelope[Any]:
-        return self._queue.get()
+        envelope: Envelope[Any] = self._queue.get()
+        return envelope
 
     def empty(self) -> bool:
-        return self._queue.empty()
+        return bool(self._queue.empty())
 
 
 class GeventFuture(pykka.Future[Any]):
@@ -189,7 +190,7 @@ class _StoppedFlag:
     ``wait`` is for rare host-side use and builds its event on demand.
     """
 
-    __slots__ = ("_set", "_event", "_lock")
+    __slots__ = ("_event", "_lock", "_set")
 
     def __init__(self) -> None:
         self._set = False
@@ -299,7 +300,7 @@ class EnsembleActor(pykka.Actor):
     def _run_loop(self) -> None:
         try:
             self._actor_loop()
-        except BaseException:  # noqa: BLE001 - nothing may reach the hub
+        except BaseException:
             logger.opt(exception=True).critical("{}: actor loop failed", self)
             self.context.registry.unregister(self.actor_ref)
             self.actor_stopped.set()
@@ -316,7 +317,7 @@ class EnsembleActor(pykka.Actor):
                         envelope.reply_to.set(response)
                 except GreenletExit:
                     raise
-                except BaseException:  # noqa: BLE001 - a Timeout must not escape (rule 4)
+                except BaseException:
                     if envelope.reply_to is not None:
                         # An ask: the caller gets the error, the actor lives on (as pykka).
                         envelope.reply_to.set_exception()
@@ -339,7 +340,7 @@ class EnsembleActor(pykka.Actor):
     ) -> None:
         try:
             self.on_failure(exc_type, exc_value, traceback)
-        except Exception:  # noqa: BLE001 - already failing; log and carry on stopping
+        except Exception:
             logger.exception("{}: on_failure raised", self)
 
     def _stop(self) -> None:
@@ -348,7 +349,7 @@ class EnsembleActor(pykka.Actor):
         self._kill_tasks()
         try:
             self.on_stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             self._handle_failure(*sys.exc_info())
 
     def _handle_failure(
@@ -357,14 +358,14 @@ class EnsembleActor(pykka.Actor):
         exception_value: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        logger.opt(exception=(exception_type, exception_value, traceback)).error(
-            "{} crashed", self
-        )
+        logger.opt(exception=(exception_type, exception_value, traceback)).error("{} crashed", self)
         self.context.registry.unregister(self.actor_ref)
         self.actor_stopped.set()
         send(
             self.parent,
-            ChildFailed(self.actor_urn, self.key, f"{type(exception_value).__name__}: {exception_value}"),
+            ChildFailed(
+                self.actor_urn, self.key, f"{type(exception_value).__name__}: {exception_value}"
+            ),
         )
 
     # --- tasks ---------------------------------------------------------------------
@@ -380,7 +381,7 @@ class EnsembleActor(pykka.Actor):
             value, error = function(*args), None
         except GreenletExit:
             return
-        except BaseException as exc:  # noqa: BLE001 - reported as a message, never escapes
+        except BaseException as exc:
             value, error = None, exc
         send(self.actor_ref, TaskDone(task_id, value, error))
 

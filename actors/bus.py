@@ -74,17 +74,20 @@ class EventBus(EnsembleActor):
             if item is _STOP:
                 return
             if callable(item):
-                _call_safely(item, "a job waiter")
+                _call_safely(item, who="a job waiter")
                 continue
             with self._lock:
                 subscribers = list(self._subscribers.values())
             for event in item:
                 for subscriber in subscribers:
-                    _call_safely(lambda s=subscriber, e=event: s(e), subscriber)
+                    _call_safely(subscriber, who=subscriber, argument=event)
 
 
-def _call_safely(function: Callable[[], Any], who: object) -> None:
+def _call_safely(function: Callable[..., Any], *, who: object, argument: Any = _STOP) -> None:
     try:
-        function()
-    except Exception:  # noqa: BLE001 - a subscriber's error must not stop the bus
+        if argument is _STOP:
+            function()
+        else:
+            function(argument)
+    except Exception:
         logger.exception("event subscriber {!r} raised; it stays subscribed", who)

@@ -54,7 +54,7 @@ class HubThread:
             # An active async watcher keeps the loop alive while nothing else is scheduled.
             keepalive = self.loop.async_()
             keepalive.start(lambda: None)
-        except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
+        except BaseException as exc:
             self._failure = exc
             self._ready.set()
             return
@@ -93,7 +93,7 @@ class HubThread:
         def body() -> None:
             try:
                 future.set_result(function(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            except BaseException as exc:
                 future.set_exception(exc)
 
         self.call_soon(gevent.spawn, body)
@@ -111,12 +111,12 @@ class HubThread:
 class _HubTimer:
     __slots__ = ("_hub", "_watcher")
 
-    def __init__(self, hub: HubThread, delay: float, callback: Callable[[], None]) -> None:
+    def __init__(self, hub: HubThread, delay: float, callback: Callable[[], object]) -> None:
         self._hub = hub
         self._watcher: Any = None
         hub.call_soon(self._arm, delay, callback)
 
-    def _arm(self, delay: float, callback: Callable[[], None]) -> None:
+    def _arm(self, delay: float, callback: Callable[[], object]) -> None:
         if self._watcher is False:  # cancelled before it was armed
             return
         watcher = self._hub.loop.timer(max(0.0, delay))
@@ -146,5 +146,5 @@ class HubClock:
     def now(self) -> float:
         return time.time()
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> _HubTimer:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> _HubTimer:
         return _HubTimer(self._hub, delay, callback)

@@ -11,6 +11,7 @@ SheetActor per dispatched sheet and stops it once the sheet is terminal.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -85,17 +86,22 @@ class JobActor(EnsembleActor):
         try:
             os.makedirs(state.plan.workspace, exist_ok=True)
         except OSError as exc:
-            self._refuse(EnsembleError(
-                f"cannot create workspace {state.plan.workspace}: {exc.strerror or exc}"
-            ))
+            self._refuse(
+                EnsembleError(
+                    f"cannot create workspace {state.plan.workspace}: {exc.strerror or exc}"
+                )
+            )
             return
         checkpoint = new_checkpoint(
             state.job_id, state.plan.name, (sheet.to_record() for sheet in state.sheets)
         )
         future = GeventFuture()
-        send(self._persistence, CreateJobFiles(
-            state.job_id, self._score_document, checkpoint, _FutureRecipient(future)
-        ))
+        send(
+            self._persistence,
+            CreateJobFiles(
+                state.job_id, self._score_document, checkpoint, _FutureRecipient(future)
+            ),
+        )
         reply: Reply = future.get(timeout=CREATE_TIMEOUT_SECONDS)
         if reply.error is not None:
             self._refuse(reply.error)
@@ -157,7 +163,10 @@ class JobActor(EnsembleActor):
         elif message.command == "result":
             value = machine.job_result(state)
         else:
-            send(message.reply_to, Reply(error=ValueError(f"unknown job command {message.command!r}")))
+            send(
+                message.reply_to,
+                Reply(error=ValueError(f"unknown job command {message.command!r}")),
+            )
             return
         send(message.reply_to, Reply(value=value))
 
@@ -203,14 +212,17 @@ class JobActor(EnsembleActor):
         if fx.released_leases:
             send(self._pool, ReleaseLeases(tuple(lease.lease_id for lease in fx.released_leases)))
         if fx.lease_requests:
-            requests = tuple((request.sheet_num, request.instrument) for request in fx.lease_requests)
+            requests = tuple(
+                (request.sheet_num, request.instrument) for request in fx.lease_requests
+            )
             send(self._pool, RequestLeases(state.job_id, requests, job_ref))
         for order in fx.attempts:
             self._sheet_actor(order.sheet_num).tell(RunAttempt(order.attempt, order.lease))
         now = self.context.clock.now()
         for timer in fx.timers:
-            message = TimerFired(timer.sheet_num)
-            self.context.clock.call_later(timer.due - now, lambda m=message: send(job_ref, m))
+            self.context.clock.call_later(
+                timer.due - now, functools.partial(send, job_ref, TimerFired(timer.sheet_num))
+            )
         for sheet_num in fx.cancel_attempts:
             ref = self._sheets.get(sheet_num)
             if ref is not None:

@@ -42,7 +42,12 @@ class _OpenJob:
 
 class Persistence(EnsembleActor):
     def __init__(
-        self, context: ActorContext, *, state_dir: Path, fsync: bool = True, compact_after: int = 2000
+        self,
+        context: ActorContext,
+        *,
+        state_dir: Path,
+        fsync: bool = True,
+        compact_after: int = 2000,
     ) -> None:
         super().__init__(context)
         self._jobs_dir = journal.jobs_dir(state_dir)
@@ -82,15 +87,23 @@ class Persistence(EnsembleActor):
         try:
             handle = _in_thread(_create_files, directory, message.score, message.checkpoint)
         except FileExistsError:
-            send(message.reply_to, Reply(error=JobExistsError(
-                f"job '{message.job_id}' already exists in {directory.parent}; "
-                "choose another job id or resume that job"
-            )))
+            send(
+                message.reply_to,
+                Reply(
+                    error=JobExistsError(
+                        f"job '{message.job_id}' already exists in {directory.parent}; "
+                        "choose another job id or resume that job"
+                    )
+                ),
+            )
             return
         except OSError as exc:
-            send(message.reply_to, Reply(error=PersistenceError(
-                f"cannot create the job's files in {directory}: {exc}"
-            )))
+            send(
+                message.reply_to,
+                Reply(
+                    error=PersistenceError(f"cannot create the job's files in {directory}: {exc}")
+                ),
+            )
             return
         self._jobs[message.job_id] = _OpenJob(directory, handle, message.checkpoint)
         send(message.reply_to, Reply(value=message.job_id))
@@ -134,13 +147,17 @@ class Persistence(EnsembleActor):
             if commit.job_id in self._jobs:
                 commit.done.set(self._seq)
             else:
-                commit.done.set_exception((
-                    PersistenceError,
-                    PersistenceError(f"job {commit.job_id} has no open journal"),
-                    None,
-                ))
+                commit.done.set_exception(
+                    (
+                        PersistenceError,
+                        PersistenceError(f"job {commit.job_id} has no open journal"),
+                        None,
+                    )
+                )
         for job in touched.values():
-            if job.records_since_snapshot >= max(self._compact_after, len(job.checkpoint["sheets"])):
+            if job.records_since_snapshot >= max(
+                self._compact_after, len(job.checkpoint["sheets"])
+            ):
                 try:
                     _in_thread(_compact, job)
                 except OSError as exc:
@@ -157,7 +174,7 @@ def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, 
     try:
         journal.write_atomically(directory / journal.SCORE_FILE, orjson.dumps(score))
         journal.write_snapshot(directory, checkpoint)
-        return open(directory / journal.JOURNAL_FILE, "ab")  # noqa: SIM115 - kept open
+        return open(directory / journal.JOURNAL_FILE, "ab")
     except OSError:
         shutil.rmtree(directory, ignore_errors=True)
         raise

@@ -81,10 +81,20 @@ class Supervisor(EnsembleActor):
     def _submit(self, message: SubmitJob) -> None:
         if message.job_id is not None:
             job_id = message.job_id
-            if job_id in self._jobs or job_id in self._results or (self._jobs_dir / job_id).exists():
-                send(message.reply_to, Reply(error=JobExistsError(
-                    f"job '{job_id}' already exists; choose another job id or resume that job"
-                )))
+            if (
+                job_id in self._jobs
+                or job_id in self._results
+                or (self._jobs_dir / job_id).exists()
+            ):
+                send(
+                    message.reply_to,
+                    Reply(
+                        error=JobExistsError(
+                            f"job '{job_id}' already exists; "
+                            "choose another job id or resume that job"
+                        )
+                    ),
+                )
                 return
         else:
             job_id = self._free_job_id(job_id_from_name(message.score.name))
@@ -148,10 +158,15 @@ class Supervisor(EnsembleActor):
             return
         logger.error("job {} stopped: its actor crashed: {}", job_id, message.error)
         now = self.context.clock.now()
-        send(self._bus, Publish((
-            Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error}),
-            Event(job_id, 0, JOB_FAILED, now, {"error": message.error}),
-        )))
+        send(
+            self._bus,
+            Publish(
+                (
+                    Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error}),
+                    Event(job_id, 0, JOB_FAILED, now, {"error": message.error}),
+                )
+            ),
+        )
         # Checkpoint recovery of a crashed job is the Supervisor's next duty (restart);
         # until then the waiter must not hang: the job ends failed with the error.
         self._finished(job_id, JobResult(job_id, JobStatus.FAILED, 0.0, {}, error=message.error))

@@ -46,7 +46,9 @@ def build_score(sheets: int, shape: str, workspace: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sheets", type=int, default=1000)
-    parser.add_argument("--shape", default="independent", choices=["independent", "chain", "fanout"])
+    parser.add_argument(
+        "--shape", default="independent", choices=["independent", "chain", "fanout"]
+    )
     parser.add_argument("--max-concurrent", type=int, default=1000)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ensemble-bench-") as tmp:
@@ -63,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"job ended {result.status.value}", file=sys.stderr)
         return 1
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({
-        "shape": args.shape,
-        "sheets": args.sheets,
-        "seconds": round(seconds, 3),
-        "sheets_per_s": round(args.sheets / seconds, 1),
-        "peak_rss_mb": round(peak_rss_mb, 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "shape": args.shape,
+                "sheets": args.sheets,
+                "seconds": round(seconds, 3),
+                "sheets_per_s": round(args.sheets / seconds, 1),
+                "peak_rss_mb": round(peak_rss_mb, 1),
+            }
+        )
+    )
     return 0
 
 

@@ -37,7 +37,7 @@ from runtime.errors import (
     UnknownInstrumentError,
 )
 from runtime.events import Event
-from runtime.messages import JobCommand, Reply, Subscribe, SubmitJob, Unsubscribe
+from runtime.messages import JobCommand, Reply, SubmitJob, Subscribe, Unsubscribe
 from runtime.plan import build_plan
 from runtime.score import Score, load_score
 from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult
@@ -96,7 +96,7 @@ class _ReplyBox:
 
 
 class _Waiter:
-    __slots__ = ("event", "result", "error")
+    __slots__ = ("error", "event", "result")
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -224,7 +224,7 @@ class Runtime:
             self._stopped = True
         try:
             self._hub.run(self._stop_actors, timeout, timeout=timeout * 3)
-        except Exception:  # noqa: BLE001 - stopping goes on whatever happened
+        except Exception:
             logger.exception("error while stopping the runtime's actors")
         self._bus_thread_join(timeout)
         self._hub.stop(timeout)
@@ -355,14 +355,16 @@ def _progress_from_result(result: JobResult) -> JobProgress:
     counts: dict[str, int] = {}
     for sheet in result.sheets.values():
         counts[sheet.status.value] = counts.get(sheet.status.value, 0) + 1
-    return JobProgress(result.job_id, result.job_id, result.status, len(result.sheets), counts, result.cost)
+    return JobProgress(
+        result.job_id, result.job_id, result.status, len(result.sheets), counts, result.cost
+    )
 
 
 def _stop_and_wait(ref: ActorRef[Any], timeout: float) -> None:
     if ref.is_alive():
         try:
             ref.stop(block=True, timeout=timeout)
-        except Exception:  # noqa: BLE001 - a stuck actor must not stop the shutdown
+        except Exception:
             logger.warning("actor {} did not stop within {} s", ref, timeout)
 
 
@@ -373,4 +375,4 @@ def _is_job_or_sheet(ref: ActorRef[Any]) -> bool:
     return issubclass(ref.actor_class, JobActor | SheetActor)
 
 
-__all__ = ["JobHandle", "Runtime", "start", "FINAL_JOB_STATUSES", "JobNotFoundError"]
+__all__ = ["FINAL_JOB_STATUSES", "JobHandle", "JobNotFoundError", "Runtime", "start"]

@@ -27,7 +27,7 @@ class Clock(Protocol):
         """Seconds since the epoch (wall time, so deadlines survive a restart)."""
         ...
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         """Run ``callback`` on the hub after ``delay`` seconds of this clock's time."""
         ...
 
@@ -36,7 +36,7 @@ class Clock(Protocol):
 class _ManualTimer:
     due: float
     order: int
-    callback: Callable[[], None] = field(compare=False)
+    callback: Callable[[], object] = field(compare=False)
     cancelled: bool = field(default=False, compare=False)
 
     def cancel(self) -> None:
@@ -56,15 +56,15 @@ class ManualClock:
         self._timers: list[_ManualTimer] = []
         self._order = itertools.count()
         self._lock = threading.Lock()
-        self._run_on_hub: Callable[[Callable[[], None]], None] | None = None
+        self._run_on_hub: Callable[[Callable[[], object]], None] | None = None
 
-    def bind(self, run_on_hub: Callable[[Callable[[], None]], None]) -> None:
+    def bind(self, run_on_hub: Callable[[Callable[[], object]], None]) -> None:
         self._run_on_hub = run_on_hub
 
     def now(self) -> float:
         return self._now
 
-    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
         with self._lock:
             timer = _ManualTimer(self._now + max(0.0, delay), next(self._order), callback)
             heapq.heappush(self._timers, timer)

@@ -150,8 +150,13 @@ def on_leases_granted(
         state.running += 1
         fx.attempts.append(AttemptOrder(sheet_num, sheet.attempts, lease))
         _emit(
-            state, fx, sheet_num, ev.SHEET_DISPATCHED, now,
-            attempt=sheet.attempts, instrument=state.plan.sheet(sheet_num).instrument,
+            state,
+            fx,
+            sheet_num,
+            ev.SHEET_DISPATCHED,
+            now,
+            attempt=sheet.attempts,
+            instrument=state.plan.sheet(sheet_num).instrument,
         )
 
 
@@ -185,8 +190,14 @@ def on_attempt_finished(
         sheet.error_kind = None
         _set_status(state, sheet, SheetStatus.COMPLETED, fx)
         _emit(
-            state, fx, sheet_num, ev.SHEET_COMPLETED, now,
-            attempt=attempt, cost=result.cost, duration_seconds=result.duration_seconds,
+            state,
+            fx,
+            sheet_num,
+            ev.SHEET_COMPLETED,
+            now,
+            attempt=attempt,
+            cost=result.cost,
+            duration_seconds=result.duration_seconds,
         )
         _release_dependents(state, sheet_num, fx)
     elif result.kind is OutcomeKind.CANCELLED:
@@ -228,15 +239,28 @@ def _attempt_failed(
         _set_status(state, sheet, SheetStatus.RETRY_SCHEDULED, fx)
         fx.timers.append(TimerOrder(sheet.num, sheet.retry_at))
         _emit(
-            state, fx, sheet.num, ev.SHEET_RETRY_SCHEDULED, now,
-            attempt=sheet.attempts, retry=sheet.retries_used, delay_seconds=state.plan.retry_delay_seconds,
-            error=error, error_kind=kind.value,
+            state,
+            fx,
+            sheet.num,
+            ev.SHEET_RETRY_SCHEDULED,
+            now,
+            attempt=sheet.attempts,
+            retry=sheet.retries_used,
+            delay_seconds=state.plan.retry_delay_seconds,
+            error=error,
+            error_kind=kind.value,
         )
         return
     _set_status(state, sheet, SheetStatus.FAILED, fx)
     _emit(
-        state, fx, sheet.num, ev.SHEET_FAILED, now,
-        attempts=sheet.attempts, error=error, error_kind=kind.value,
+        state,
+        fx,
+        sheet.num,
+        ev.SHEET_FAILED,
+        now,
+        attempts=sheet.attempts,
+        error=error,
+        error_kind=kind.value,
     )
     _cascade_failure(state, sheet.num, now, fx)
 
@@ -271,8 +295,12 @@ def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx:
     if sheet.status is not SheetStatus.DISPATCHED:
         return
     on_attempt_finished(
-        state, sheet_num, sheet.attempts,
-        AttemptResult(kind=OutcomeKind.CRASHED, error=error), now, fx,
+        state,
+        sheet_num,
+        sheet.attempts,
+        AttemptResult(kind=OutcomeKind.CRASHED, error=error),
+        now,
+        fx,
     )
 
 
@@ -439,7 +467,5 @@ def _finish_if_done(state: JobState, now: float, fx: Effects) -> None:
     _emit(state, fx, 0, event, now, counts=counts, cost=state.cost)
 
 
-def _emit(
-    state: JobState, fx: Effects, sheet_num: int, name: str, now: float, **data: Any
-) -> None:
+def _emit(state: JobState, fx: Effects, sheet_num: int, name: str, now: float, **data: Any) -> None:
     fx.events.append(Event(state.job_id, sheet_num, name, now, data))

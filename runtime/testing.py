@@ -16,4 +16,13 @@ from actors.backends.scripted import (
     Succeed,
 )
 
-__all__ = ["AuthFailure", "Crash", "Fail", "Hang", "Outcome", "RateLimit", "ScriptedBackend", "Succeed"]
+__all__ = [
+    "AuthFailure",
+    "Crash",
+    "Fail",
+    "Hang",
+    "Outcome",
+    "RateLimit",
+    "ScriptedBackend",
+    "Succeed",
+]

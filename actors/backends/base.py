@@ -71,9 +71,9 @@ class BackendActor(EnsembleActor):
             )
             self._task_by_request[message.request.request_id] = task_id
         elif isinstance(message, CancelExecution):
-            task_id = self._task_by_request.get(message.request_id)
-            if task_id is not None:
-                self._running[task_id].cancel.set()
+            cancelled_task = self._task_by_request.get(message.request_id)
+            if cancelled_task is not None:
+                self._running[cancelled_task].cancel.set()
         else:
             return super().on_receive(message)
         return None
@@ -103,7 +103,7 @@ class BackendActor(EnsembleActor):
     def _answer_now(self, request: ExecutionRequest) -> ExecutionResult | None:
         try:
             return self.answer_now(request)
-        except Exception as exc:  # noqa: BLE001 - a crash in backend code is a crashed attempt
+        except Exception as exc:
             logger.opt(exception=exc).warning(
                 "instrument {} crashed on {}", self.instrument, request.request_id
             )

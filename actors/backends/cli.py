@@ -93,10 +93,12 @@ class CliBackendActor(BackendActor):
     def _environment(self, request: ExecutionRequest) -> dict[str, str]:
         environment = {name: os.environ[name] for name in BASE_ENVIRONMENT if name in os.environ}
         environment.update(self._spec.extra_env)
-        environment.update({
-            "ENSEMBLE_JOB_ID": request.job_id,
-            "ENSEMBLE_SHEET_NUM": str(request.sheet_num),
-            "ENSEMBLE_ATTEMPT": str(request.attempt),
-            "ENSEMBLE_WORKSPACE": request.workspace,
-        })
+        environment.update(
+            {
+                "ENSEMBLE_JOB_ID": request.job_id,
+                "ENSEMBLE_SHEET_NUM": str(request.sheet_num),
+                "ENSEMBLE_ATTEMPT": str(request.attempt),
+                "ENSEMBLE_WORKSPACE": request.workspace,
+            }
+        )
         return environment

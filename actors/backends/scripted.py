@@ -79,7 +79,7 @@ Script = Mapping[int, Outcome | Sequence[Outcome]] | Callable[[ExecutionRequest]
 _NEVER_CANCELLED = gevent.event.Event()
 
 
-class ScriptedCrash(RuntimeError):
+class ScriptedCrashError(RuntimeError):
     """Raised inside the backend by a ``Crash`` outcome."""
 
 
@@ -173,7 +173,11 @@ class ScriptedBackendActor(BackendActor):
         # Outcomes with nothing to wait for (and no files to write) are answered
         # in the handler: no task greenlet, two messages fewer per attempt.
         outcome = self._spec.outcome_for(request)
-        if isinstance(outcome, Hang) or outcome.delay or (isinstance(outcome, Succeed) and outcome.files):
+        if (
+            isinstance(outcome, Hang)
+            or outcome.delay
+            or (isinstance(outcome, Succeed) and outcome.files)
+        ):
             self._deferred[request.request_id] = outcome
             return None
         spec = self._spec
@@ -230,10 +234,13 @@ class ScriptedBackendActor(BackendActor):
             )
         if isinstance(outcome, AuthFailure):
             return ExecutionResult(
-                kind=OutcomeKind.AUTH_FAILED, exit_code=1, stderr=outcome.message, error=outcome.message
+                kind=OutcomeKind.AUTH_FAILED,
+                exit_code=1,
+                stderr=outcome.message,
+                error=outcome.message,
             )
         if isinstance(outcome, Crash):
-            raise ScriptedCrash(outcome.message)
+            raise ScriptedCrashError(outcome.message)
         raise TypeError(f"not a scripted outcome: {outcome!r}")
 
     def _wait(self, seconds: float, cancel: gevent.event.Event) -> bool:
