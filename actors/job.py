@@ -26,6 +26,7 @@ from runtime.journal import new_checkpoint
 from runtime.machine import Effects
 from runtime.messages import (
     AttemptFinished,
+    BlockInstrument,
     CancelAttempt,
     ChildFailed,
     CloseJobFiles,
@@ -35,6 +36,7 @@ from runtime.messages import (
     JobCommand,
     JobFinished,
     LeasesGranted,
+    LeasesRefused,
     Publish,
     Recipient,
     ReleaseLeases,
@@ -139,6 +141,8 @@ class JobActor(EnsembleActor):
             )
         elif isinstance(message, LeasesGranted):
             machine.on_leases_granted(state, message.grants, now, fx)
+        elif isinstance(message, LeasesRefused):
+            machine.on_leases_refused(state, message.refusals, now, fx)
         elif isinstance(message, TimerFired):
             machine.on_timer(state, message.sheet_num, now, fx)
         elif isinstance(message, ChildFailed):
@@ -162,6 +166,13 @@ class JobActor(EnsembleActor):
             value = machine.job_progress(state)
         elif message.command == "result":
             value = machine.job_result(state)
+        elif message.command == "resolve_fermata":
+            try:
+                sheet_num, decision = message.arguments
+                value = machine.resolve_fermata(state, sheet_num, decision, now, fx)
+            except ValueError as exc:
+                send(message.reply_to, Reply(error=exc))
+                return
         else:
             send(
                 message.reply_to,
@@ -210,14 +221,32 @@ class JobActor(EnsembleActor):
         if fx.withdraw_lease_requests:
             send(self._pool, WithdrawLeaseRequests(state.job_id))
         if fx.released_leases:
-            send(self._pool, ReleaseLeases(tuple(lease.lease_id for lease in fx.released_leases)))
+            releases = tuple((lease.lease_id, outcome) for lease, outcome in fx.released_leases)
+            send(self._pool, ReleaseLeases(releases))
+        for block in fx.blocks:
+            send(
+                self._pool,
+                BlockInstrument(state.job_id, block.instrument, block.model, block.until),
+            )
         if fx.lease_requests:
             requests = tuple(
-                (request.sheet_num, request.instrument) for request in fx.lease_requests
+                (request.sheet_num, request.instrument, request.model, request.has_fallback)
+                for request in fx.lease_requests
             )
-            send(self._pool, RequestLeases(state.job_id, requests, job_ref))
+            send(
+                self._pool,
+                RequestLeases(state.job_id, requests, state.policy.breaker, job_ref),
+            )
         for order in fx.attempts:
-            self._sheet_actor(order.sheet_num).tell(RunAttempt(order.attempt, order.lease))
+            self._sheet_actor(order.sheet_num).tell(
+                RunAttempt(
+                    order.attempt,
+                    order.lease,
+                    retry_number=order.retry_number,
+                    completion=order.completion,
+                    validations=order.validations,
+                )
+            )
         now = self.context.clock.now()
         for timer in fx.timers:
             self.context.clock.call_later(

@@ -20,7 +20,7 @@ from actors.base import ActorContext, EnsembleActor, send
 from actors.bus import Notify
 from actors.job import JobActor
 from runtime import journal, machine
-from runtime.errors import JobExistsError, JobNotFoundError
+from runtime.errors import ConfigError, JobExistsError, JobNotFoundError
 from runtime.events import JOB_FAILED, RUNTIME_ERROR, Event
 from runtime.messages import (
     ChildFailed,
@@ -31,10 +31,22 @@ from runtime.messages import (
     Reply,
     SubmitJob,
 )
-from runtime.prompts import PromptTemplate
 from runtime.state import JobResult, JobStatus
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_job_id(job_id: str) -> None:
+    """A job id names a folder under the state directory: nothing that could leave it."""
+    if not _JOB_ID.fullmatch(job_id):
+        raise ConfigError(
+            f"invalid job id {job_id!r}: use letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit",
+            key_path="job_id",
+        )
 
 
 def job_id_from_name(name: str) -> str:
@@ -98,14 +110,12 @@ class Supervisor(EnsembleActor):
                 return
         else:
             job_id = self._free_job_id(job_id_from_name(message.score.name))
-        state = machine.new_job(job_id, message.plan)
+        state = machine.new_job(job_id, message.plan, message.policy)
         ref = JobActor.start(
             self.context,
             supervisor=self.actor_ref,
             state=state,
-            template=PromptTemplate(
-                message.score.prompt.template or "", variables=message.score.prompt.variables
-            ),
+            template=message.template,
             score_document=message.score.model_dump(mode="json"),
             pool=self._pool,
             persistence=self._persistence,

@@ -27,7 +27,7 @@ from actors.bus import EventBus
 from actors.hub import HubClock, HubThread
 from actors.persistence import Persistence
 from actors.pool import BackendPool
-from actors.supervisor import Supervisor
+from actors.supervisor import Supervisor, check_job_id
 from runtime.clock import Clock, ManualClock
 from runtime.errors import (
     CallTimeoutError,
@@ -37,8 +37,17 @@ from runtime.errors import (
     UnknownInstrumentError,
 )
 from runtime.events import Event
-from runtime.messages import JobCommand, Reply, SubmitJob, Subscribe, Unsubscribe
+from runtime.messages import (
+    ClearRateLimits,
+    JobCommand,
+    Reply,
+    SubmitJob,
+    Subscribe,
+    Unsubscribe,
+)
 from runtime.plan import build_plan
+from runtime.policy import policy_from_score
+from runtime.prompts import PromptTemplate
 from runtime.score import Score, load_score
 from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult
 
@@ -53,12 +62,16 @@ def start(
     max_concurrent_sheets: int = 10,
     clock: Clock | None = None,
     fsync: bool = True,
+    self_healing: bool = False,
+    escalation: bool = False,
 ) -> Runtime:
     """Start a runtime whose checkpoints live in ``state_dir``.
 
     ``backends`` maps instrument names to backend specs (``CliBackend``,
     ``runtime.testing.ScriptedBackend``, ...); the built-in ``cli`` instrument
-    is always there unless replaced. Use the result as a context manager, or
+    is always there unless replaced. ``self_healing`` and ``escalation`` are
+    the defaults for S15 (one extra attempt; a fermata for a human) that
+    ``submit`` may override per job. Use the result as a context manager, or
     call ``stop()``.
     """
     if max_concurrent_sheets < 1:
@@ -69,6 +82,8 @@ def start(
         max_concurrent_sheets=max_concurrent_sheets,
         clock=clock,
         fsync=fsync,
+        self_healing=self_healing,
+        escalation=escalation,
     )
 
 
@@ -115,8 +130,12 @@ class Runtime:
         max_concurrent_sheets: int,
         clock: Clock | None,
         fsync: bool,
+        self_healing: bool = False,
+        escalation: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.self_healing = self_healing
+        self.escalation = escalation
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._backend_specs = dict(backends)
         self._lock = threading.Lock()
@@ -147,11 +166,18 @@ class Runtime:
             for name, spec in self._backend_specs.items()
             if spec.max_concurrent is not None
         }
+        model_limits = {
+            (name, model): limit
+            for name, spec in self._backend_specs.items()
+            for model, limit in getattr(spec, "model_limits", {}).items()
+        }
         self._pool = BackendPool.start(
             context,
             backends=self._backends,
             max_concurrent_sheets=max_concurrent_sheets,
             instrument_limits=limits,
+            model_limits=model_limits,
+            bus=self._bus,
         )
         self._supervisor = Supervisor.start(
             context,
@@ -169,17 +195,31 @@ class Runtime:
         score: str | Path | Mapping[str, Any] | Score,
         *,
         job_id: str | None = None,
+        self_healing: bool | None = None,
+        escalation: bool | None = None,
         timeout: float = DEFAULT_CALL_TIMEOUT,
     ) -> JobHandle:
         """Load, check and start a score; returns at once with the job's handle.
 
         Raises ``ScoreError`` for an invalid score and ``UnknownInstrumentError``
         when a sheet needs an instrument this runtime has no backend for.
+        ``self_healing`` / ``escalation`` override the runtime's defaults (S15).
         """
         self._check_running()
+        if job_id is not None:
+            check_job_id(job_id)
         loaded = load_score(score)
         plan = build_plan(loaded)
-        missing = sorted(plan.instruments - self._backend_specs.keys())
+        template = PromptTemplate(loaded.prompt.template or "", variables=loaded.prompt.variables)
+        policy = policy_from_score(
+            loaded,
+            self_healing=self.self_healing if self_healing is None else self_healing,
+            escalation=self.escalation if escalation is None else escalation,
+        )
+        needed = set(plan.instruments)
+        for sheet in plan.sheets:
+            needed.update(getattr(sheet, "fallbacks", ()))
+        missing = sorted(needed - self._backend_specs.keys())
         if missing:
             known = ", ".join(sorted(self._backend_specs)) or "none"
             raise UnknownInstrumentError(
@@ -189,7 +229,7 @@ class Runtime:
                 key_path="instrument",
             )
         box = _ReplyBox()
-        self._supervisor.tell(SubmitJob(loaded, plan, job_id, box))
+        self._supervisor.tell(SubmitJob(loaded, plan, policy, template, job_id, box))
         new_id: str = box.wait(timeout, "submit")
         self._waiter(new_id)
         return JobHandle(self, new_id)
@@ -199,6 +239,23 @@ class Runtime:
         self._check_running()
         self._command(job_id, "progress", DEFAULT_CALL_TIMEOUT)
         return JobHandle(self, job_id)
+
+    def resolve_fermata(
+        self, job_id: str, sheet_num: int, decision: str, timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> bool:
+        """S16: decide about a sheet in fermata: ``retry`` (fresh budgets), ``skip``,
+        ``accept`` (completed) or ``fail``. False if the sheet is not in fermata."""
+        return bool(self._command(job_id, "resolve_fermata", timeout, (sheet_num, decision)))
+
+    def clear_rate_limit(
+        self, instrument: str | None = None, timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> int:
+        """S19: end rate-limit waits at once, for one instrument or all; returns
+        how many blocks were cleared."""
+        self._check_running()
+        box = _ReplyBox()
+        self._pool.tell(ClearRateLimits(instrument, box))
+        return int(box.wait(timeout, "clear_rate_limit"))
 
     def subscribe(self, callback: Callable[[Event], None]) -> Callable[[], None]:
         """Call ``callback(event)`` for every observer event, on the runtime's
@@ -279,10 +336,12 @@ class Runtime:
         if self._stopped:
             raise RuntimeStoppedError("this runtime was stopped; start a new one")
 
-    def _command(self, job_id: str, command: str, timeout: float) -> Any:
+    def _command(
+        self, job_id: str, command: str, timeout: float, arguments: tuple[Any, ...] = ()
+    ) -> Any:
         self._check_running()
         box = _ReplyBox()
-        self._supervisor.tell(JobCommand(job_id, command, box))
+        self._supervisor.tell(JobCommand(job_id, command, box, arguments))
         return box.wait(timeout, f"{command} {job_id}")
 
     def _waiter(self, job_id: str) -> _Waiter:

@@ -29,6 +29,7 @@ INSTRUMENT_FALLBACK = "instrument.fallback"
 CIRCUIT_OPENED = "circuit.opened"
 CIRCUIT_CLOSED = "circuit.closed"
 COST_EXCEEDED = "cost.exceeded"
+COST_WARNING = "cost.warning"
 CONCERT_NEXT = "concert.next"
 RUNTIME_ERROR = "runtime.error"
 

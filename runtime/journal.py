@@ -53,9 +53,9 @@ def apply_record(checkpoint: dict[str, Any], record: dict[str, Any]) -> None:
         sheet.pop("seq", None)
         checkpoint["sheets"][sheet["num"] - 1] = sheet
     elif kind == "job":
-        for key in ("status", "paused_by_user", "cost"):
-            if key in record:
-                checkpoint[key] = record[key]
+        for key, value in record.items():
+            if key not in ("kind", "seq"):
+                checkpoint[key] = value
     checkpoint["seq"] = max(checkpoint["seq"], record.get("seq", 0))
 
 

@@ -1,19 +1,26 @@
-"""Lease bookkeeping for the backend pool: who may run an attempt next (S22).
+"""Lease bookkeeping for the backend pool: who may run an attempt next.
 
-Owns the queues of lease requests per instrument, the running count per
-instrument and overall, and the grant order: round-robin between jobs, FIFO
-within a job. Pure data and functions; the BackendPool actor calls it and sends
-the grants. Kept apart from ``runtime.machine`` because it decides across jobs,
-while the machine decides within one.
+Owns the queues of lease requests per (instrument, model), the running counts
+overall, per instrument and per model (S22), instrument-wide rate-limit blocks
+(S17-S19), the circuit breakers (S21), and the grant order: round-robin between
+jobs, FIFO within a job, keys in turn. Pure data and functions; the
+BackendPool actor calls it and carries out its answers. Kept apart from
+``runtime.machine`` because it decides across jobs, while the machine decides
+within one.
 
 Cost per call is proportional to the requests it grants or drops and to the
-number of instruments, never to the number of sheets waiting.
+number of (instrument, model) keys, never to the number of sheets waiting.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+
+from runtime.breakers import BreakerState, CircuitBreaker
+from runtime.policy import BreakerPolicy
+
+Key = tuple[str, str | None]  # (instrument, model); model None: the instrument's default
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,99 +29,220 @@ class Grant:
     job_id: str
     sheet_num: int
     instrument: str
+    model: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    sheet_num: int
+    has_fallback: bool
 
 
 @dataclass(slots=True)
-class _InstrumentQueue:
-    """Waiting requests for one instrument, one FIFO per job, jobs in turn."""
+class _KeyQueue:
+    """Waiting requests for one key, one FIFO per job, jobs in turn."""
 
-    limit: int | None
-    running: int = 0
     jobs: deque[str] = field(default_factory=deque)
-    per_job: dict[str, deque[int]] = field(default_factory=dict)
+    per_job: dict[str, deque[_Request]] = field(default_factory=dict)
 
-    def has_room(self) -> bool:
-        return self.limit is None or self.running < self.limit
+    def push(self, job_id: str, request: _Request) -> None:
+        waiting = self.per_job.get(job_id)
+        if waiting is None:
+            waiting = self.per_job[job_id] = deque()
+            self.jobs.append(job_id)
+        waiting.append(request)
+
+    def pop(self) -> tuple[str, _Request]:
+        job_id = self.jobs.popleft()
+        waiting = self.per_job[job_id]
+        request = waiting.popleft()
+        if waiting:
+            self.jobs.append(job_id)
+        else:
+            del self.per_job[job_id]
+        return job_id, request
+
+    def drop_job(self, job_id: str) -> int:
+        waiting = self.per_job.pop(job_id, None)
+        if waiting is None:
+            return 0
+        self.jobs.remove(job_id)
+        return len(waiting)
+
+    def take_with_fallback(self) -> list[tuple[str, int]]:
+        """Remove and return every request whose sheet has a fallback to move to."""
+        taken: list[tuple[str, int]] = []
+        for job_id in list(self.per_job):
+            kept = deque(request for request in self.per_job[job_id] if not request.has_fallback)
+            taken.extend(
+                (job_id, request.sheet_num)
+                for request in self.per_job[job_id]
+                if request.has_fallback
+            )
+            if kept:
+                self.per_job[job_id] = kept
+            else:
+                del self.per_job[job_id]
+                self.jobs.remove(job_id)
+        return taken
 
 
 @dataclass(slots=True)
 class LeaseTable:
-    """All leases of one runtime: ``max_running`` overall, optional limits per instrument."""
+    """All leases of one runtime: ``max_running`` overall, optional limits per
+    instrument and per (instrument, model)."""
 
     max_running: int
     instrument_limits: dict[str, int] = field(default_factory=dict)
+    model_limits: dict[Key, int] = field(default_factory=dict)
     running: int = 0
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
+    blocks: dict[Key, float] = field(default_factory=dict)
+    _running_by_instrument: Counter[str] = field(default_factory=Counter)
+    _running_by_key: Counter[Key] = field(default_factory=Counter)
     _next_id: int = 1
-    _queues: dict[str, _InstrumentQueue] = field(default_factory=dict)
+    _queues: dict[Key, _KeyQueue] = field(default_factory=dict)
     _leases: dict[int, Grant] = field(default_factory=dict)
-    _turn: deque[str] = field(default_factory=deque)
+    _turn: deque[Key] = field(default_factory=deque)
 
-    def request(self, job_id: str, sheet_num: int, instrument: str) -> None:
-        queue = self._queue(instrument)
-        waiting = queue.per_job.get(job_id)
-        if waiting is None:
-            waiting = queue.per_job[job_id] = deque()
-            queue.jobs.append(job_id)
-        waiting.append(sheet_num)
+    # --- requests --------------------------------------------------------------
+
+    def request(
+        self,
+        job_id: str,
+        sheet_num: int,
+        instrument: str,
+        model: str | None = None,
+        *,
+        has_fallback: bool = False,
+        now: float = 0.0,
+    ) -> bool:
+        """Queue a request; False if it is refused at once (its instrument's
+        breaker is open and the sheet has a fallback to move to)."""
+        if has_fallback and self._breaker(instrument).is_open(now):
+            return False
+        self._queue((instrument, model)).push(job_id, _Request(sheet_num, has_fallback))
+        return True
 
     def withdraw(self, job_id: str) -> int:
         """Drop every waiting request of a job; returns how many were dropped."""
-        dropped = 0
-        for queue in self._queues.values():
-            waiting = queue.per_job.pop(job_id, None)
-            if waiting is not None:
-                dropped += len(waiting)
-                queue.jobs.remove(job_id)
-        return dropped
-
-    def release(self, lease_id: int) -> Grant | None:
-        grant = self._leases.pop(lease_id, None)
-        if grant is None:
-            return None
-        self.running -= 1
-        self._queues[grant.instrument].running -= 1
-        return grant
-
-    def lease(self, lease_id: int) -> Grant | None:
-        return self._leases.get(lease_id)
+        return sum(queue.drop_job(job_id) for queue in self._queues.values())
 
     def waiting(self) -> int:
         return sum(
             len(waiting) for queue in self._queues.values() for waiting in queue.per_job.values()
         )
 
-    def grant(self) -> list[Grant]:
-        """Grant as many leases as the limits allow, fairly, and return them."""
+    # --- leases ---------------------------------------------------------------
+
+    def grant(self, now: float) -> list[Grant]:
+        """Grant as many leases as the limits, blocks and breakers allow, fairly."""
         grants: list[Grant] = []
         idle_rounds = 0
-        # Instruments take turns too, so one busy instrument cannot starve another.
+        # Keys take turns too, so one busy instrument cannot starve another.
         while self.running < self.max_running and self._turn and idle_rounds < len(self._turn):
-            instrument = self._turn[0]
+            key = self._turn[0]
             self._turn.rotate(-1)
-            queue = self._queues[instrument]
-            if not queue.jobs or not queue.has_room():
+            queue = self._queues[key]
+            if not queue.jobs or not self._may_run(key, now):
                 idle_rounds += 1
                 continue
             idle_rounds = 0
-            job_id = queue.jobs.popleft()
-            waiting = queue.per_job[job_id]
-            sheet_num = waiting.popleft()
-            if waiting:
-                queue.jobs.append(job_id)
-            else:
-                del queue.per_job[job_id]
-            grant = Grant(self._next_id, job_id, sheet_num, instrument)
+            job_id, request = queue.pop()
+            instrument, model = key
+            grant = Grant(self._next_id, job_id, request.sheet_num, instrument, model)
             self._next_id += 1
             self._leases[grant.lease_id] = grant
-            queue.running += 1
+            self._running_by_instrument[instrument] += 1
+            self._running_by_key[key] += 1
             self.running += 1
+            self._breaker(instrument).granted()
             grants.append(grant)
         return grants
 
-    def _queue(self, instrument: str) -> _InstrumentQueue:
-        queue = self._queues.get(instrument)
+    def release(
+        self, lease_id: int, succeeded: bool | None, policy: BreakerPolicy, now: float
+    ) -> tuple[Grant | None, BreakerState | None]:
+        """Give a lease back. ``succeeded`` is the execution outcome for the
+        instrument's breaker (None when the attempt says nothing about it)."""
+        grant = self._leases.pop(lease_id, None)
+        if grant is None:
+            return None, None
+        self.running -= 1
+        self._running_by_instrument[grant.instrument] -= 1
+        self._running_by_key[(grant.instrument, grant.model)] -= 1
+        if succeeded is None:
+            return grant, None
+        return grant, self._breaker(grant.instrument).record(succeeded, policy, now)
+
+    def holder(self, lease_id: int) -> Grant | None:
+        return self._leases.get(lease_id)
+
+    def refuse_fallback_requests(self, instrument: str) -> list[tuple[str, int]]:
+        """After a breaker opened: take out the waiting requests that can move on."""
+        taken: list[tuple[str, int]] = []
+        for (key_instrument, _), queue in self._queues.items():
+            if key_instrument == instrument:
+                taken.extend(queue.take_with_fallback())
+        return taken
+
+    # --- rate limits --------------------------------------------------------------
+
+    def block(self, instrument: str, model: str | None, until: float) -> bool:
+        """S17, S18: block a key until ``until``; a later block extends it.
+        Returns True if the block is new or longer."""
+        key = (instrument, model)
+        if self.blocks.get(key, 0.0) >= until:
+            return False
+        self.blocks[key] = until
+        return True
+
+    def expire_blocks(self, now: float) -> list[Key]:
+        ended = [key for key, until in self.blocks.items() if until <= now]
+        for key in ended:
+            del self.blocks[key]
+        return ended
+
+    def clear_blocks(self, instrument: str | None = None) -> list[Key]:
+        """S19: end blocks at once (all, or one instrument's); returns the keys cleared."""
+        cleared = [key for key in self.blocks if instrument is None or key[0] == instrument]
+        for key in cleared:
+            del self.blocks[key]
+        return cleared
+
+    def next_deadline(self, now: float) -> float | None:
+        """When a block ends or an open breaker may try again, whichever is first."""
+        deadlines = [until for until in self.blocks.values() if until > now]
+        deadlines += [
+            breaker.open_until
+            for breaker in self.breakers.values()
+            if breaker.state is BreakerState.OPEN and breaker.open_until > now
+        ]
+        return min(deadlines, default=None)
+
+    # --- internals ------------------------------------------------------------------
+
+    def _may_run(self, key: Key, now: float) -> bool:
+        instrument = key[0]
+        limit = self.instrument_limits.get(instrument)
+        if limit is not None and self._running_by_instrument[instrument] >= limit:
+            return False
+        model_limit = self.model_limits.get(key)
+        if model_limit is not None and self._running_by_key[key] >= model_limit:
+            return False
+        if self.blocks.get((instrument, None), 0.0) > now or self.blocks.get(key, 0.0) > now:
+            return False
+        return self._breaker(instrument).allows(now)
+
+    def _breaker(self, instrument: str) -> CircuitBreaker:
+        breaker = self.breakers.get(instrument)
+        if breaker is None:
+            breaker = self.breakers[instrument] = CircuitBreaker(instrument)
+        return breaker
+
+    def _queue(self, key: Key) -> _KeyQueue:
+        queue = self._queues.get(key)
         if queue is None:
-            queue = _InstrumentQueue(limit=self.instrument_limits.get(instrument))
-            self._queues[instrument] = queue
-            self._turn.append(instrument)
+            queue = self._queues[key] = _KeyQueue()
+            self._turn.append(key)
         return queue

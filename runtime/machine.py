@@ -1,16 +1,22 @@
 """The decision core: what happens to a job and its sheets on every message.
 
-Every function here takes the job state, one input (a start, a lease grant, an
-attempt result, a timer, a host command) and the time, updates the state in
-place and appends what must happen next to an ``Effects``: journal the changed
-sheets, request leases, start attempts, arm timers, cancel attempts, publish
-events, report the job finished. The JobActor carries the effects out after it
-has committed the journal (DESIGN rules 2 and 3).
+Every function here takes the job state, one input (a start, a lease grant or
+refusal, an attempt result, a timer, a host command) and the time, updates the
+state in place and appends what must happen next to an ``Effects``: journal
+the changed sheets, request leases, start attempts, arm timers, block a
+rate-limited instrument, cancel attempts, publish events, report the job
+finished. The JobActor carries the effects out after it has committed the
+journal (DESIGN rules 2 and 3).
 
 It imports no gevent, no pykka and does no I/O. Cost per call is proportional to
 the sheets it touches: readiness moves through per-sheet counters of unmet
 dependencies, never by walking all sheets (rule 5). The only whole-job walks are
 a job's start and its cancellation, each done once.
+
+Rules implemented here: S1-S3 (readiness, cascade), S6-S12 and S14 (attempt
+outcomes, budgets, backoff), S15-S16 (exhaustion: fallback, self-healing,
+fermata), S17-S20 (the sheet's side of rate limits), S22 (the job's own
+limit), S23 (pacing), S24 (cost), S25-S28 (job control and final status).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from runtime import events as ev
 from runtime.events import Event
 from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import Plan
+from runtime.policy import Policy
 from runtime.state import (
     FINAL_JOB_STATUSES,
     JobProgress,
@@ -35,28 +42,52 @@ from runtime.state import (
     SkipReason,
 )
 
+PACING_TIMER = 0  # the sheet number of the job's own pacing timer (S23)
+FERMATA_DECISIONS = ("retry", "skip", "accept", "fail")
+
 
 @dataclass(frozen=True, slots=True)
 class LeaseRequest:
     sheet_num: int
     instrument: str
+    model: str | None
+    has_fallback: bool
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptOrder:
-    """Start attempt number ``attempt`` of a sheet on the granted lease."""
+    """Start attempt number ``attempt`` of a sheet on the granted lease.
+
+    ``retry_number`` is 0 for a first run and k for retry #k (S11);
+    ``completion`` marks a completion-mode attempt whose prompt gets the
+    completion note built from ``validations`` (S8).
+    """
 
     sheet_num: int
     attempt: int
     lease: Any
+    instrument: str
+    model: str | None
+    retry_number: int
+    completion: bool
+    validations: tuple[tuple[str, bool], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class TimerOrder:
-    """Call ``on_timer`` for this sheet at ``due`` (clock time)."""
+    """Call ``on_timer`` for this sheet (or ``PACING_TIMER``) at ``due``."""
 
     sheet_num: int
     due: float
+
+
+@dataclass(frozen=True, slots=True)
+class BlockOrder:
+    """S17: no leases for this instrument (and model, if given) until ``until``."""
+
+    instrument: str
+    model: str | None
+    until: float
 
 
 @dataclass(slots=True)
@@ -70,8 +101,9 @@ class Effects:
     withdraw_lease_requests: bool = False
     attempts: list[AttemptOrder] = field(default_factory=list)
     timers: list[TimerOrder] = field(default_factory=list)
+    blocks: list[BlockOrder] = field(default_factory=list)
     cancel_attempts: list[int] = field(default_factory=list)
-    released_leases: list[Any] = field(default_factory=list)
+    released_leases: list[tuple[Any, OutcomeKind | None]] = field(default_factory=list)
     finished: JobStatus | None = None
 
     @property
@@ -84,6 +116,7 @@ class Effects:
             or self.withdraw_lease_requests
             or self.attempts
             or self.timers
+            or self.blocks
             or self.cancel_attempts
             or self.released_leases
             or self.finished
@@ -103,12 +136,16 @@ def checkpoint_records(state: JobState, effects: Effects) -> list[dict[str, Any]
 # --- building a job -----------------------------------------------------------------
 
 
-def new_job(job_id: str, plan: Plan) -> JobState:
+def new_job(
+    job_id: str, plan: Plan, policy: Policy | None = None, seed: int | None = None
+) -> JobState:
     sheets = [SheetState(num=sheet.num) for sheet in plan.sheets]
     for sheet in sheets:
         sheet.unmet_dependencies = len(plan.dependencies.get(sheet.num, ()))
-    state = JobState(job_id=job_id, plan=plan, sheets=sheets)
+    state = JobState(job_id=job_id, plan=plan, sheets=sheets, policy=policy or Policy())
     state.counts[SheetStatus.PENDING] = len(sheets)
+    if seed is not None:
+        state.rng.seed(seed)
     return state
 
 
@@ -122,7 +159,7 @@ def start(state: JobState, now: float, fx: Effects) -> None:
     for sheet in state.sheets:
         if sheet.status is SheetStatus.PENDING and sheet.unmet_dependencies == 0:
             _make_ready(state, sheet, fx)
-    _request_leases(state, fx)
+    _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)
 
 
@@ -133,37 +170,68 @@ def on_leases_granted(
     state: JobState, grants: Iterable[tuple[int, Any]], now: float, fx: Effects
 ) -> None:
     """A lease per sheet: the sheet is dispatched and its next attempt starts (rule 3)."""
+    blocked = _dispatch_blocked(state, now)
     for sheet_num, lease in grants:
         if sheet_num not in state.lease_requested:
-            fx.released_leases.append(lease)
+            fx.released_leases.append((lease, None))
             continue
         state.lease_requested.discard(sheet_num)
         sheet = state.sheet(sheet_num)
-        if sheet.status is not SheetStatus.READY or state.cancelling or state.paused_by_user:
-            fx.released_leases.append(lease)
-            if sheet.status is SheetStatus.READY:
+        if blocked or sheet.status not in (SheetStatus.READY, SheetStatus.WAITING):
+            fx.released_leases.append((lease, None))
+            if sheet.status in (SheetStatus.READY, SheetStatus.WAITING):
                 state.ready_queue.appendleft(sheet_num)
             continue
-        sheet.attempts += 1
-        sheet.lease = lease
-        _set_status(state, sheet, SheetStatus.DISPATCHED, fx)
-        state.running += 1
-        fx.attempts.append(AttemptOrder(sheet_num, sheet.attempts, lease))
-        _emit(
-            state,
-            fx,
-            sheet_num,
-            ev.SHEET_DISPATCHED,
-            now,
+        _dispatch(state, sheet, lease, now, fx)
+
+
+def _dispatch(state: JobState, sheet: SheetState, lease: Any, now: float, fx: Effects) -> None:
+    sheet.attempts += 1
+    sheet.lease = lease
+    sheet.retry_at = None
+    completion = sheet.completion_pending
+    _set_status(state, sheet, SheetStatus.DISPATCHED, fx)
+    state.running += 1
+    instrument, model = current_instrument(state, sheet)
+    fx.attempts.append(
+        AttemptOrder(
+            sheet_num=sheet.num,
             attempt=sheet.attempts,
-            instrument=state.plan.sheet(sheet_num).instrument,
+            lease=lease,
+            instrument=instrument,
+            model=model,
+            retry_number=sheet.retries_used,
+            completion=completion,
+            validations=sheet.validations if completion else (),
         )
+    )
+    _emit(
+        state, fx, sheet.num, ev.SHEET_DISPATCHED, now,
+        attempt=sheet.attempts, instrument=instrument, model=model, completion=completion,
+    )  # fmt: skip
+
+
+def on_leases_refused(
+    state: JobState, refusals: Iterable[tuple[int, str]], now: float, fx: Effects
+) -> None:
+    """S21: the pool refused a sheet's request (its instrument's breaker is open):
+    a sheet with a fallback moves on to it with fresh budgets."""
+    for sheet_num, reason in refusals:
+        if sheet_num not in state.lease_requested:
+            continue
+        state.lease_requested.discard(sheet_num)
+        sheet = state.sheet(sheet_num)
+        if sheet.status not in (SheetStatus.READY, SheetStatus.WAITING):
+            continue
+        if not _fall_back(state, sheet, reason, now, fx):
+            state.ready_queue.appendleft(sheet_num)
+    _request_leases(state, now, fx)
 
 
 def on_attempt_finished(
     state: JobState, sheet_num: int, attempt: int, result: AttemptResult, now: float, fx: Effects
 ) -> bool:
-    """Apply one attempt's result (S6, S7, S9, S12). Returns False for a stale report."""
+    """Apply one attempt's result (S6-S12, S17, S20, S24). False for a stale report."""
     if not state.has_sheet(sheet_num):
         return False
     sheet = state.sheet(sheet_num)
@@ -173,118 +241,40 @@ def on_attempt_finished(
     # The job gives the lease back after committing the result, in one message
     # per batch: a slot is never reused before the attempt's outcome is durable.
     if sheet.lease is not None:
-        fx.released_leases.append(sheet.lease)
+        fx.released_leases.append((sheet.lease, result.kind))
         sheet.lease = None
-    sheet.cost += result.cost
-    state.cost += result.cost
-    if result.cost:
-        fx.job_dirty = True
+    sheet.completion_pending = False
     if result.output_tail:
         sheet.output_tail = result.output_tail
+    if result.validations:
+        sheet.validations = result.validations
+    _add_cost(state, sheet, result.cost, now, fx)
+    if result.kind is not OutcomeKind.RATE_LIMITED:
+        sheet.rate_limit_waits = 0
 
     if sheet.cancel_requested:
         _set_status(state, sheet, SheetStatus.CANCELLED, fx)
         _emit(state, fx, sheet_num, ev.SHEET_CANCELLED, now)
-    elif result.kind is OutcomeKind.SUCCESS and result.pass_rate >= 100.0:
-        sheet.last_error = None
-        sheet.error_kind = None
-        _set_status(state, sheet, SheetStatus.COMPLETED, fx)
-        _emit(
-            state,
-            fx,
-            sheet_num,
-            ev.SHEET_COMPLETED,
-            now,
-            attempt=attempt,
-            cost=result.cost,
-            duration_seconds=result.duration_seconds,
+    elif _over_sheet_cost(state, sheet):
+        _fail(
+            state, sheet, f"sheet cost {sheet.cost:.4f} is over max_cost_per_sheet", "cost", now, fx
         )
-        _release_dependents(state, sheet_num, fx)
     elif result.kind is OutcomeKind.CANCELLED:
         # Cancelled from outside the job (the runtime is stopping): nothing was
         # learned about the sheet, so it is ready again and no retry is spent.
         sheet.attempts -= 1
         _make_ready(state, sheet, fx)
     elif result.kind is OutcomeKind.RATE_LIMITED:
-        wait = result.wait_seconds if result.wait_seconds is not None else 60.0
-        sheet.retry_at = now + wait
-        _set_status(state, sheet, SheetStatus.WAITING, fx)
-        fx.timers.append(TimerOrder(sheet_num, sheet.retry_at))
-        _emit(state, fx, sheet_num, ev.RATE_LIMIT_ACTIVE, now, wait_seconds=wait)
+        _rate_limited(state, sheet, result, now, fx)
+    elif result.kind is OutcomeKind.SUCCESS and result.pass_rate >= 100.0:
+        _complete(state, sheet, result, now, fx)
+    elif result.kind is OutcomeKind.SUCCESS and _is_partial(state, result):
+        _partial(state, sheet, result, now, fx)
     else:
         _attempt_failed(state, sheet, result, now, fx)
-    _request_leases(state, fx)
+    _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)
     return True
-
-
-def _attempt_failed(
-    state: JobState, sheet: SheetState, result: AttemptResult, now: float, fx: Effects
-) -> None:
-    kind = result.kind
-    if kind is OutcomeKind.SUCCESS:
-        # Instrument succeeded but validations did not all pass (S6, S9).
-        kind = OutcomeKind.FAILURE
-        error = result.error or (
-            f"validations passed {result.validations_passed} of {result.validations_total}"
-        )
-    else:
-        error = result.error or _default_error(result)
-    sheet.last_error = error
-    sheet.error_kind = kind.value
-    retryable = kind is not OutcomeKind.AUTH_FAILED  # S12: never retried
-    if retryable and sheet.retries_used < state.plan.max_retries:
-        sheet.retries_used += 1
-        sheet.retry_at = now + state.plan.retry_delay_seconds
-        _set_status(state, sheet, SheetStatus.RETRY_SCHEDULED, fx)
-        fx.timers.append(TimerOrder(sheet.num, sheet.retry_at))
-        _emit(
-            state,
-            fx,
-            sheet.num,
-            ev.SHEET_RETRY_SCHEDULED,
-            now,
-            attempt=sheet.attempts,
-            retry=sheet.retries_used,
-            delay_seconds=state.plan.retry_delay_seconds,
-            error=error,
-            error_kind=kind.value,
-        )
-        return
-    _set_status(state, sheet, SheetStatus.FAILED, fx)
-    _emit(
-        state,
-        fx,
-        sheet.num,
-        ev.SHEET_FAILED,
-        now,
-        attempts=sheet.attempts,
-        error=error,
-        error_kind=kind.value,
-    )
-    _cascade_failure(state, sheet.num, now, fx)
-
-
-def _default_error(result: AttemptResult) -> str:
-    if result.kind is OutcomeKind.TIMEOUT:
-        return "attempt timed out"
-    if result.exit_code is not None:
-        return f"instrument exited with code {result.exit_code}"
-    return f"attempt ended: {result.kind.value}"
-
-
-def on_timer(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:
-    """A retry or rate-limit wait is over: the sheet is ready again (S10, S18)."""
-    if not state.has_sheet(sheet_num):
-        return
-    sheet = state.sheet(sheet_num)
-    if sheet.status not in (SheetStatus.RETRY_SCHEDULED, SheetStatus.WAITING):
-        return
-    if sheet.retry_at is not None and sheet.retry_at > now:
-        return  # a stale timer from before a later reschedule
-    sheet.retry_at = None
-    _make_ready(state, sheet, fx)
-    _request_leases(state, fx)
 
 
 def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx: Effects) -> None:
@@ -295,13 +285,254 @@ def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx:
     if sheet.status is not SheetStatus.DISPATCHED:
         return
     on_attempt_finished(
+        state, sheet_num, sheet.attempts,
+        AttemptResult(kind=OutcomeKind.CRASHED, error=error), now, fx,
+    )  # fmt: skip
+
+
+def on_timer(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:
+    """A retry or completion delay (S8, S10) or the job's pacing (S23) is over."""
+    if sheet_num == PACING_TIMER:
+        if state.paced_until is not None and state.paced_until <= now:
+            state.paced_until = None
+            fx.job_dirty = True
+            _request_leases(state, now, fx)
+        return
+    if not state.has_sheet(sheet_num):
+        return
+    sheet = state.sheet(sheet_num)
+    if sheet.status is not SheetStatus.RETRY_SCHEDULED:
+        return
+    if sheet.retry_at is not None and sheet.retry_at > now:
+        return  # a stale timer from before a later reschedule
+    sheet.retry_at = None
+    _make_ready(state, sheet, fx)
+    _request_leases(state, now, fx)
+
+
+# --- outcomes ------------------------------------------------------------------------
+
+
+def _complete(
+    state: JobState, sheet: SheetState, result: AttemptResult, now: float, fx: Effects
+) -> None:
+    """S7: success at 100 % completes the sheet and releases its dependents."""
+    sheet.last_error = None
+    sheet.error_kind = None
+    _set_status(state, sheet, SheetStatus.COMPLETED, fx)
+    _emit(
+        state, fx, sheet.num, ev.SHEET_COMPLETED, now,
+        attempt=sheet.attempts, cost=result.cost, duration_seconds=result.duration_seconds,
+    )  # fmt: skip
+    _release_dependents(state, sheet.num, fx)
+    pacing = state.policy.pause_between_sheets_seconds
+    if pacing > 0 and state.running == 0 and not state.cancelling:
+        state.paced_until = now + pacing
+        fx.job_dirty = True
+        fx.timers.append(TimerOrder(PACING_TIMER, state.paced_until))
+
+
+def _is_partial(state: JobState, result: AttemptResult) -> bool:
+    """S8: a pass rate at or above the threshold and below 100 is partial success."""
+    rate = result.pass_rate
+    return 0.0 < rate < 100.0 and rate >= state.policy.retry.completion_threshold_percent
+
+
+def _partial(
+    state: JobState, sheet: SheetState, result: AttemptResult, now: float, fx: Effects
+) -> None:
+    """S8: completion mode: the next attempt gets the completion note, on the
+    completion budget, after the completion delay."""
+    retry = state.policy.retry
+    sheet.last_error = _validation_error(result)
+    sheet.error_kind = "partial"
+    if sheet.completion_attempts >= retry.max_completion_attempts:
+        _exhausted(state, sheet, now, fx)
+        return
+    sheet.completion_attempts += 1
+    sheet.completion_pending = True
+    _emit(
+        state, fx, sheet.num, ev.SHEET_PARTIAL, now,
+        attempt=sheet.attempts, pass_rate=result.pass_rate,
+        completion_attempt=sheet.completion_attempts,
+    )  # fmt: skip
+    _schedule_retry(state, sheet, retry.completion_delay_seconds, now, fx)
+
+
+def _attempt_failed(
+    state: JobState, sheet: SheetState, result: AttemptResult, now: float, fx: Effects
+) -> None:
+    """S9, S12: a failure spends one retry; an authentication failure is never retried."""
+    kind = result.kind
+    if kind is OutcomeKind.SUCCESS:
+        kind = OutcomeKind.FAILURE  # the instrument succeeded, too few validations passed
+        error = _validation_error(result)
+    else:
+        error = result.error or _default_error(result)
+    sheet.last_error = error
+    sheet.error_kind = kind.value
+    if kind is OutcomeKind.AUTH_FAILED:
+        if not _fall_back(state, sheet, "authentication failed", now, fx):
+            _fail(state, sheet, error, kind.value, now, fx)
+        return
+    retry = state.policy.retry
+    if sheet.retries_used < retry.max_retries:
+        sheet.retries_used += 1
+        delay = retry.delay(sheet.retries_used, state.rng.random())
+        _emit(
+            state, fx, sheet.num, ev.SHEET_RETRY_SCHEDULED, now,
+            attempt=sheet.attempts, retry=sheet.retries_used, delay_seconds=delay,
+            error=error, error_kind=kind.value,
+        )  # fmt: skip
+        _schedule_retry(state, sheet, delay, now, fx)
+        return
+    _exhausted(state, sheet, now, fx)
+
+
+def _rate_limited(
+    state: JobState, sheet: SheetState, result: AttemptResult, now: float, fx: Effects
+) -> None:
+    """S17, S20: no retry is spent; the instrument is blocked and the sheet waits
+    for its next lease. Too many waits in a row fail the sheet."""
+    limits = state.policy.rate_limit
+    sheet.rate_limit_waits += 1
+    if sheet.rate_limit_waits > limits.max_waits:
+        _fail(
+            state, sheet,
+            f"rate limited {sheet.rate_limit_waits} times in a row (rate_limit.max_waits is "
+            f"{limits.max_waits})",
+            OutcomeKind.RATE_LIMITED.value, now, fx,
+        )  # fmt: skip
+        return
+    wait = result.wait_seconds if result.wait_seconds is not None else limits.wait_minutes * 60
+    instrument, model = current_instrument(state, sheet)
+    sheet.retry_at = now + wait
+    sheet.last_error = result.error or "rate limited"
+    sheet.error_kind = OutcomeKind.RATE_LIMITED.value
+    _set_status(state, sheet, SheetStatus.WAITING, fx)
+    state.ready_queue.appendleft(sheet.num)
+    fx.blocks.append(BlockOrder(instrument, model, sheet.retry_at))
+    _emit(
+        state, fx, sheet.num, ev.RATE_LIMIT_ACTIVE, now,
+        instrument=instrument, model=model, wait_seconds=wait, waits=sheet.rate_limit_waits,
+    )  # fmt: skip
+
+
+def _exhausted(state: JobState, sheet: SheetState, now: float, fx: Effects) -> None:
+    """S15: budgets are spent: fallback, else self-healing, else fermata, else failed."""
+    if _fall_back(state, sheet, "retries exhausted", now, fx):
+        return
+    policy = state.policy
+    if policy.self_healing and not sheet.healing_used:
+        sheet.healing_used = True
+        _emit(
+            state, fx, sheet.num, ev.SHEET_RETRY_SCHEDULED, now, self_healing=True, delay_seconds=0
+        )
+        _make_ready(state, sheet, fx)
+        return
+    if policy.escalation:
+        _set_status(state, sheet, SheetStatus.FERMATA, fx)
+        state.open_fermatas += 1
+        _emit(state, fx, sheet.num, ev.SHEET_FERMATA, now, error=sheet.last_error)
+        _update_pause(state, now, fx)
+        return
+    _fail(state, sheet, sheet.last_error or "failed", sheet.error_kind or "failure", now, fx)
+
+
+def _fall_back(state: JobState, sheet: SheetState, reason: str, now: float, fx: Effects) -> bool:
+    """Move the sheet to its next fallback instrument with fresh budgets (S15)."""
+    chain = instrument_chain(state, sheet.num)
+    if sheet.instrument_index + 1 >= len(chain):
+        return False
+    previous = chain[sheet.instrument_index]
+    sheet.instrument_index += 1
+    sheet.retries_used = 0
+    sheet.completion_attempts = 0
+    sheet.completion_pending = False
+    sheet.healing_used = False
+    sheet.rate_limit_waits = 0
+    _emit(
+        state, fx, sheet.num, ev.INSTRUMENT_FALLBACK, now,
+        from_instrument=previous, to_instrument=chain[sheet.instrument_index], reason=reason,
+    )  # fmt: skip
+    if sheet.status is SheetStatus.READY:
+        fx.dirty_sheets.add(sheet.num)
+    else:
+        _make_ready(state, sheet, fx)
+    return True
+
+
+def _fail(
+    state: JobState, sheet: SheetState, error: str, kind: str, now: float, fx: Effects
+) -> None:
+    sheet.last_error = error
+    sheet.error_kind = kind
+    sheet.retry_at = None
+    _set_status(state, sheet, SheetStatus.FAILED, fx)
+    _emit(
         state,
-        sheet_num,
-        sheet.attempts,
-        AttemptResult(kind=OutcomeKind.CRASHED, error=error),
-        now,
         fx,
+        sheet.num,
+        ev.SHEET_FAILED,
+        now,
+        attempts=sheet.attempts,
+        error=error,
+        error_kind=kind,
     )
+    _cascade_failure(state, sheet.num, now, fx)
+
+
+def _schedule_retry(
+    state: JobState, sheet: SheetState, delay: float, now: float, fx: Effects
+) -> None:
+    if delay <= 0:
+        _make_ready(state, sheet, fx)
+        return
+    sheet.retry_at = now + delay
+    _set_status(state, sheet, SheetStatus.RETRY_SCHEDULED, fx)
+    fx.timers.append(TimerOrder(sheet.num, sheet.retry_at))
+
+
+def _validation_error(result: AttemptResult) -> str:
+    if result.error:
+        return result.error
+    failed = [name for name, passed in result.validations if not passed]
+    detail = f": {', '.join(failed)}" if failed else ""
+    return f"validations passed {result.validations_passed} of {result.validations_total}{detail}"
+
+
+def _default_error(result: AttemptResult) -> str:
+    if result.kind is OutcomeKind.TIMEOUT:
+        return "attempt timed out"
+    if result.exit_code is not None:
+        return f"instrument exited with code {result.exit_code}"
+    return f"attempt ended: {result.kind.value}"
+
+
+# --- cost (S24) ------------------------------------------------------------------------
+
+
+def _add_cost(state: JobState, sheet: SheetState, cost: float, now: float, fx: Effects) -> None:
+    if not cost:
+        return
+    sheet.cost += cost
+    state.cost += cost
+    fx.job_dirty = True
+    limit = state.policy.cost.max_cost_per_job
+    if limit is None:
+        return
+    if not state.cost_warned and state.cost >= limit * state.policy.cost.warn_at_percent / 100:
+        state.cost_warned = True
+        _emit(state, fx, 0, ev.COST_WARNING, now, cost=state.cost, limit=limit)
+    if state.cost > limit and not state.paused_for_cost:
+        state.paused_for_cost = True
+        _emit(state, fx, 0, ev.COST_EXCEEDED, now, scope="job", cost=state.cost, limit=limit)
+        _update_pause(state, now, fx)
+
+
+def _over_sheet_cost(state: JobState, sheet: SheetState) -> bool:
+    limit = state.policy.cost.max_cost_per_sheet
+    return limit is not None and sheet.cost > limit
 
 
 # --- job control -------------------------------------------------------------------
@@ -312,21 +543,24 @@ def pause(state: JobState, now: float, fx: Effects) -> bool:
     if state.status in FINAL_JOB_STATUSES or state.paused_by_user or state.cancelling:
         return False
     state.paused_by_user = True
-    state.status = JobStatus.PAUSED
     fx.job_dirty = True
-    _withdraw_lease_requests(state, fx)
-    _emit(state, fx, 0, ev.JOB_PAUSED, now, reason="user")
+    _update_pause(state, now, fx)
     return True
 
 
 def resume(state: JobState, now: float, fx: Effects) -> bool:
-    if state.status in FINAL_JOB_STATUSES or not state.paused_by_user:
+    """S25, S24: dispatch again, unless a fermata is open or the cost is still over."""
+    if state.status in FINAL_JOB_STATUSES or not (state.paused_by_user or state.paused_for_cost):
         return False
     state.paused_by_user = False
-    state.status = JobStatus.RUNNING
+    state.paused_for_cost = False
     fx.job_dirty = True
-    _emit(state, fx, 0, ev.JOB_RESUMED, now)
-    _request_leases(state, fx)
+    limit = state.policy.cost.max_cost_per_job
+    if limit is not None and state.cost > limit:
+        state.paused_for_cost = True
+        _emit(state, fx, 0, ev.COST_EXCEEDED, now, scope="job", cost=state.cost, limit=limit)
+    _update_pause(state, now, fx)
+    _request_leases(state, now, fx)
     return True
 
 
@@ -346,6 +580,52 @@ def cancel(state: JobState, now: float, fx: Effects) -> bool:
         else:
             sheet.retry_at = None
             _set_status(state, sheet, SheetStatus.CANCELLED, fx)
+    state.open_fermatas = 0
+    _finish_if_done(state, now, fx)
+    return True
+
+
+def resolve_fermata(
+    state: JobState, sheet_num: int, decision: str, now: float, fx: Effects
+) -> bool:
+    """S16: a human decides about a sheet in fermata. False if it is not in one."""
+    if decision not in FERMATA_DECISIONS:
+        raise ValueError(
+            f"unknown fermata decision {decision!r}; use one of {', '.join(FERMATA_DECISIONS)}"
+        )
+    if not state.has_sheet(sheet_num):
+        return False
+    sheet = state.sheet(sheet_num)
+    if sheet.status is not SheetStatus.FERMATA:
+        return False
+    state.open_fermatas -= 1
+    if decision == "retry":
+        sheet.retries_used = 0
+        sheet.completion_attempts = 0
+        sheet.healing_used = False
+        _make_ready(state, sheet, fx)
+    elif decision == "skip":
+        sheet.skip_reason = SkipReason.USER
+        _set_status(state, sheet, SheetStatus.SKIPPED, fx)
+        _emit(state, fx, sheet_num, ev.SHEET_SKIPPED, now, reason="skipped at fermata")
+        _release_dependents(state, sheet_num, fx)
+    elif decision == "accept":
+        sheet.last_error = None
+        sheet.error_kind = None
+        _set_status(state, sheet, SheetStatus.COMPLETED, fx)
+        _emit(state, fx, sheet_num, ev.SHEET_COMPLETED, now, accepted_at_fermata=True)
+        _release_dependents(state, sheet_num, fx)
+    else:
+        _fail(
+            state,
+            sheet,
+            sheet.last_error or "failed at fermata",
+            sheet.error_kind or "failure",
+            now,
+            fx,
+        )
+    _update_pause(state, now, fx)
+    _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)
     return True
 
@@ -369,6 +649,7 @@ def job_result(state: JobState) -> JobResult:
             )
             for sheet in state.sheets
         },
+        name=state.plan.name,
     )
 
 
@@ -381,6 +662,20 @@ def job_progress(state: JobState) -> JobProgress:
         counts={status.value: count for status, count in state.counts.items() if count},
         cost=state.cost,
     )
+
+
+def instrument_chain(state: JobState, sheet_num: int) -> tuple[str, ...]:
+    """The sheet's instrument followed by its fallbacks, in order (S15)."""
+    sheet_plan = state.plan.sheet(sheet_num)
+    return (sheet_plan.instrument, *getattr(sheet_plan, "fallbacks", ()))
+
+
+def current_instrument(state: JobState, sheet: SheetState) -> tuple[str, str | None]:
+    """The instrument and model the sheet's next attempt runs on."""
+    sheet_plan = state.plan.sheet(sheet.num)
+    if sheet.instrument_index == 0:
+        return sheet_plan.instrument, getattr(sheet_plan, "model", None)
+    return instrument_chain(state, sheet.num)[sheet.instrument_index], None
 
 
 # --- internals -----------------------------------------------------------------------
@@ -399,19 +694,48 @@ def _make_ready(state: JobState, sheet: SheetState, fx: Effects) -> None:
     state.ready_queue.append(sheet.num)
 
 
-def _request_leases(state: JobState, fx: Effects) -> None:
+def _dispatch_blocked(state: JobState, now: float) -> bool:
+    if state.paused_by_user or state.paused_for_cost or state.open_fermatas or state.cancelling:
+        return True
+    return state.paced_until is not None and now < state.paced_until
+
+
+def _update_pause(state: JobState, now: float, fx: Effects) -> None:
+    """Keep the job's status in step with its pause reasons (S16, S24, S25)."""
+    if state.status in FINAL_JOB_STATUSES or state.cancelling:
+        return
+    paused = state.paused_by_user or state.paused_for_cost or state.open_fermatas > 0
+    if paused and state.status is JobStatus.RUNNING:
+        state.status = JobStatus.PAUSED
+        fx.job_dirty = True
+        _withdraw_lease_requests(state, fx)
+        reason = "user" if state.paused_by_user else "cost" if state.paused_for_cost else "fermata"
+        _emit(state, fx, 0, ev.JOB_PAUSED, now, reason=reason)
+    elif not paused and state.status is JobStatus.PAUSED:
+        state.status = JobStatus.RUNNING
+        fx.job_dirty = True
+        _emit(state, fx, 0, ev.JOB_RESUMED, now)
+    elif paused:
+        _withdraw_lease_requests(state, fx)
+
+
+def _request_leases(state: JobState, now: float, fx: Effects) -> None:
     """Ask for leases for ready sheets, FIFO, up to the job's own limit (S22)."""
-    if state.paused_by_user or state.cancelling or state.status in FINAL_JOB_STATUSES:
+    if state.status in FINAL_JOB_STATUSES or _dispatch_blocked(state, now):
         return
     room = state.plan.max_parallel - state.running - len(state.lease_requested)
     queue = state.ready_queue
     while room > 0 and queue:
         sheet_num = queue.popleft()
         sheet = state.sheet(sheet_num)
-        if sheet.status is not SheetStatus.READY or sheet_num in state.lease_requested:
+        if sheet.status not in (SheetStatus.READY, SheetStatus.WAITING):
             continue  # left in the queue by a status change; dropped lazily
+        if sheet_num in state.lease_requested:
+            continue
         state.lease_requested.add(sheet_num)
-        fx.lease_requests.append(LeaseRequest(sheet_num, state.plan.sheet(sheet_num).instrument))
+        instrument, model = current_instrument(state, sheet)
+        has_fallback = sheet.instrument_index + 1 < len(instrument_chain(state, sheet_num))
+        fx.lease_requests.append(LeaseRequest(sheet_num, instrument, model, has_fallback))
         room -= 1
 
 
@@ -442,6 +766,8 @@ def _cascade_failure(state: JobState, failed_num: int, now: float, fx: Effects) 
         sheet = state.sheet(stack.pop())
         if sheet.is_terminal or sheet.status is SheetStatus.DISPATCHED:
             continue
+        if sheet.status is SheetStatus.FERMATA:
+            state.open_fermatas -= 1
         sheet.skip_reason = SkipReason.CASCADE
         sheet.last_error = reason
         sheet.retry_at = None
@@ -461,6 +787,7 @@ def _finish_if_done(state: JobState, now: float, fx: Effects) -> None:
     else:
         final, event = JobStatus.COMPLETED, ev.JOB_COMPLETED
     state.status = final
+    state.paced_until = None
     fx.job_dirty = True
     fx.finished = final
     counts = {status.value: count for status, count in state.counts.items() if count}

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime.events import Event
-from runtime.outcomes import AttemptResult, ExecutionResult
+from runtime.outcomes import AttemptResult, ExecutionResult, OutcomeKind
 from runtime.plan import Plan
+from runtime.policy import BreakerPolicy, Policy
 from runtime.score import Score
 
 
@@ -35,20 +36,24 @@ class Reply:
 class SubmitJob:
     score: Score
     plan: Plan
+    policy: Policy
+    template: Any  # runtime.prompts.PromptTemplate, compiled on the host's thread
     job_id: str | None
     reply_to: Recipient
 
 
-JOB_COMMANDS = ("pause", "resume", "cancel", "progress", "result")
+JOB_COMMANDS = ("pause", "resume", "cancel", "progress", "result", "resolve_fermata")
 
 
 @dataclass(frozen=True, slots=True)
 class JobCommand:
-    """``command`` is one of JOB_COMMANDS; the supervisor forwards it to the job."""
+    """``command`` is one of JOB_COMMANDS; the supervisor forwards it to the job.
+    ``arguments`` carries the command's parameters (a fermata's sheet and decision)."""
 
     job_id: str
     command: str
     reply_to: Recipient
+    arguments: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +96,18 @@ class Lease:
 
     lease_id: int
     instrument: str
+    model: str | None
     backend: Any  # ActorRef of the backend actor
 
 
 @dataclass(frozen=True, slots=True)
 class RequestLeases:
+    """Requests in FIFO order: (sheet_num, instrument, model, has_fallback).
+    ``breaker`` is the job's circuit-breaker policy, applied to its outcomes."""
+
     job_id: str
-    requests: tuple[tuple[int, str], ...]  # (sheet_num, instrument), FIFO
+    requests: tuple[tuple[int, str, str | None, bool], ...]
+    breaker: BreakerPolicy
     reply_to: Recipient
 
 
@@ -107,13 +117,41 @@ class LeasesGranted:
 
 
 @dataclass(frozen=True, slots=True)
+class LeasesRefused:
+    """S21: these requests were dropped because their instrument's breaker is
+    open and each sheet has a fallback: (sheet_num, reason)."""
+
+    refusals: tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WithdrawLeaseRequests:
     job_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class ReleaseLeases:
-    lease_ids: tuple[int, ...]
+    """(lease_id, outcome of the attempt that held it, or None if it never ran)."""
+
+    releases: tuple[tuple[int, OutcomeKind | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BlockInstrument:
+    """S17: a rate limit: no leases for (instrument, model) until ``until``."""
+
+    job_id: str
+    instrument: str
+    model: str | None
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClearRateLimits:
+    """S19: end rate-limit blocks (of one instrument, or all); replies the count."""
+
+    instrument: str | None
+    reply_to: Recipient
 
 
 # --- job <-> sheet -----------------------------------------------------------------
@@ -121,8 +159,15 @@ class ReleaseLeases:
 
 @dataclass(frozen=True, slots=True)
 class RunAttempt:
+    """Run attempt number ``attempt`` on ``lease``. ``retry_number`` is 0 for a
+    first run, k for retry #k (S11); a ``completion`` attempt's prompt ends with
+    the completion note built from ``validations`` (S8)."""
+
     attempt: int
     lease: Lease
+    retry_number: int = 0
+    completion: bool = False
+    validations: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

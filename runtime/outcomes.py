@@ -53,6 +53,7 @@ class AttemptResult:
     wait_seconds: float | None = None
     validations_passed: int = 0
     validations_total: int = 0
+    validations: tuple[tuple[str, bool], ...] = ()  # (description, passed) per validation
 
     @property
     def pass_rate(self) -> float:

@@ -8,12 +8,14 @@ the journal and the snapshot. It decides nothing: transitions live in
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from runtime.plan import Plan
+from runtime.policy import Policy
 
 
 class SheetStatus(StrEnum):
@@ -55,18 +57,31 @@ class SkipReason(StrEnum):
 
 @dataclass(slots=True)
 class SheetState:
-    """One sheet's progress. Fields up to ``retry_at`` are checkpointed."""
+    """One sheet's progress. Fields up to ``validations`` are checkpointed.
+
+    ``attempts`` counts every attempt (S11); ``retries_used`` and
+    ``completion_attempts`` are the budgets of the current instrument (S8, S9),
+    refreshed on a fallback; ``instrument_index`` is 0 for the sheet's own
+    instrument and k for its k-th fallback (S15). ``retry_at`` is the deadline of
+    a scheduled retry or of the rate-limit wait the sheet is in.
+    """
 
     num: int
     status: SheetStatus = SheetStatus.PENDING
     attempts: int = 0
     retries_used: int = 0
+    completion_attempts: int = 0
+    completion_pending: bool = False
+    instrument_index: int = 0
+    healing_used: bool = False
+    rate_limit_waits: int = 0
     cost: float = 0.0
     last_error: str | None = None
     error_kind: str | None = None
     skip_reason: SkipReason | None = None
     output_tail: str = ""
     retry_at: float | None = None
+    validations: tuple[tuple[str, bool], ...] = ()
     # Runtime-only bookkeeping, rebuilt on recovery.
     unmet_dependencies: int = 0
     lease: Any = None
@@ -90,12 +105,18 @@ class SheetState:
             "status": self.status.value,
             "attempts": self.attempts,
             "retries_used": self.retries_used,
+            "completion_attempts": self.completion_attempts,
+            "completion_pending": self.completion_pending,
+            "instrument_index": self.instrument_index,
+            "healing_used": self.healing_used,
+            "rate_limit_waits": self.rate_limit_waits,
             "cost": self.cost,
             "last_error": self.last_error,
             "error_kind": self.error_kind,
             "skip_reason": self.skip_reason.value if self.skip_reason else None,
             "output_tail": self.output_tail,
             "retry_at": self.retry_at,
+            "validations": [list(item) for item in self.validations],
         }
 
     @classmethod
@@ -106,12 +127,20 @@ class SheetState:
             status=SheetStatus(record["status"]),
             attempts=int(record.get("attempts", 0)),
             retries_used=int(record.get("retries_used", 0)),
+            completion_attempts=int(record.get("completion_attempts", 0)),
+            completion_pending=bool(record.get("completion_pending", False)),
+            instrument_index=int(record.get("instrument_index", 0)),
+            healing_used=bool(record.get("healing_used", False)),
+            rate_limit_waits=int(record.get("rate_limit_waits", 0)),
             cost=float(record.get("cost", 0.0)),
             last_error=record.get("last_error"),
             error_kind=record.get("error_kind"),
             skip_reason=SkipReason(skip) if skip else None,
             output_tail=record.get("output_tail", ""),
             retry_at=record.get("retry_at"),
+            validations=tuple(
+                (str(name), bool(passed)) for name, passed in record.get("validations", ())
+            ),
         )
 
 
@@ -126,8 +155,13 @@ class JobState:
     job_id: str
     plan: Plan
     sheets: list[SheetState]
+    policy: Policy = field(default_factory=Policy)
     status: JobStatus = JobStatus.RUNNING
     paused_by_user: bool = False
+    paused_for_cost: bool = False
+    open_fermatas: int = 0
+    paced_until: float | None = None
+    cost_warned: bool = False
     cancelling: bool = False
     cost: float = 0.0
     counts: dict[SheetStatus, int] = field(default_factory=dict)
@@ -135,6 +169,7 @@ class JobState:
     lease_requested: set[int] = field(default_factory=set)
     running: int = 0
     started: bool = False
+    rng: random.Random = field(default_factory=random.Random)
 
     @property
     def total_sheets(self) -> int:
@@ -155,6 +190,9 @@ class JobState:
         return {
             "status": self.status.value,
             "paused_by_user": self.paused_by_user,
+            "paused_for_cost": self.paused_for_cost,
+            "paced_until": self.paced_until,
+            "cost_warned": self.cost_warned,
             "cost": self.cost,
         }
 
@@ -178,6 +216,7 @@ class JobResult:
     cost: float
     sheets: dict[int, SheetResult]
     error: str | None = None
+    name: str = ""
 
     def count(self, status: SheetStatus) -> int:
         return sum(1 for sheet in self.sheets.values() if sheet.status is status)
