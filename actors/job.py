@@ -21,7 +21,8 @@ from pykka import ActorRef
 from actors.base import ActorContext, EnsembleActor, GeventFuture, send
 from actors.sheet import SheetActor
 from runtime import machine
-from runtime.errors import EnsembleError, PersistenceError
+from runtime.errors import EnsembleError
+from runtime.events import RUNTIME_ERROR, Event
 from runtime.journal import new_checkpoint
 from runtime.machine import Effects
 from runtime.messages import (
@@ -37,6 +38,7 @@ from runtime.messages import (
     JobFinished,
     LeasesGranted,
     LeasesRefused,
+    OpenJobFiles,
     Publish,
     Recipient,
     ReleaseLeases,
@@ -47,7 +49,7 @@ from runtime.messages import (
     WithdrawLeaseRequests,
 )
 from runtime.prompts import PromptTemplate
-from runtime.state import FINAL_JOB_STATUSES, JobState
+from runtime.state import FINAL_JOB_STATUSES, JobState, SheetState
 
 COMMIT_TIMEOUT_SECONDS = 120.0
 CREATE_TIMEOUT_SECONDS = 60.0
@@ -66,6 +68,7 @@ class JobActor(EnsembleActor):
         persistence: ActorRef[Any],
         bus: ActorRef[Any],
         created_reply: Recipient | None,
+        recovered: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(context, parent=supervisor, key=state.job_id)
         self.state = state
@@ -79,7 +82,9 @@ class JobActor(EnsembleActor):
         self._sheets: dict[int, ActorRef[Any]] = {}
         self._sheet_by_urn: dict[str, int] = {}
         self._effects = Effects()
+        self._held: Effects | None = None  # a batch whose commit failed (storage error)
         self._flush_scheduled = False
+        self._recovered = recovered
 
     # --- life cycle ---------------------------------------------------------------
 
@@ -94,23 +99,36 @@ class JobActor(EnsembleActor):
                 )
             )
             return
-        checkpoint = new_checkpoint(
-            state.job_id, state.plan.name, (sheet.to_record() for sheet in state.sheets)
-        )
         future = GeventFuture()
-        send(
-            self._persistence,
-            CreateJobFiles(
+        if self._recovered is not None:
+            opening: Any = OpenJobFiles(state.job_id, self._recovered, _FutureRecipient(future))
+        else:
+            checkpoint = new_checkpoint(
+                state.job_id,
+                state.plan.name,
+                (sheet.to_record() for sheet in state.sheets),
+                options={
+                    "self_healing": state.policy.self_healing,
+                    "escalation": state.policy.escalation,
+                },
+            )
+            opening = CreateJobFiles(
                 state.job_id, self._score_document, checkpoint, _FutureRecipient(future)
-            ),
-        )
+            )
+        send(self._persistence, opening)
         reply: Reply = future.get(timeout=CREATE_TIMEOUT_SECONDS)
         if reply.error is not None:
             self._refuse(reply.error)
             return
         send(self._created_reply, Reply(value=state.job_id))
         self._created_reply = None
-        machine.start(state, self.context.clock.now(), self._effects)
+        now = self.context.clock.now()
+        if self._recovered is not None:
+            saved = [SheetState.from_record(record) for record in self._recovered["sheets"]]
+            machine.recover(state, saved, self._recovered, now, self._effects)
+            self._recovered = None
+        else:
+            machine.start(state, now, self._effects)
         self._schedule_flush()
 
     def _refuse(self, error: BaseException) -> None:
@@ -199,8 +217,16 @@ class JobActor(EnsembleActor):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        fx, self._effects = self._effects, Effects()
         state = self.state
+        fx, self._effects = self._effects, Effects()
+        if self._held is not None:
+            fx, self._held = machine.merge_effects(self._held, fx), None
+        if state.storage_error:
+            # Nothing waits on a durable write while storage is failing; only
+            # giving leases back and withdrawing requests are safe to do now.
+            self._release_without_commit(fx)
+            self._held = fx
+            return
         records = machine.checkpoint_records(state, fx)
         if records:
             done = GeventFuture()
@@ -208,10 +234,36 @@ class JobActor(EnsembleActor):
             try:
                 done.get(timeout=COMMIT_TIMEOUT_SECONDS)
             except Exception as exc:
-                raise PersistenceError(
-                    f"job {state.job_id}: checkpoint commit failed, nothing more is released: {exc}"
-                ) from exc
+                self._storage_failed(fx, exc)
+                return
         self._release(fx)
+
+    def _storage_failed(self, fx: Effects, exc: BaseException) -> None:
+        state, now = self.state, self.context.clock.now()
+        error = (
+            f"cannot write the checkpoint of job {state.job_id}: {exc}. The job is paused; "
+            "free disk space or fix permissions in the state directory, then resume it. "
+            "Nothing already committed is lost."
+        )
+        logger.error(error)
+        pause = Effects()
+        machine.storage_failed(state, error, now, pause)
+        events = (Event(state.job_id, 0, RUNTIME_ERROR, now, {"error": error}), *pause.events)
+        send(self._bus, Publish(events))
+        pause.events.clear()
+        held = machine.merge_effects(fx, pause)
+        self._release_without_commit(held)
+        self._held = held
+
+    def _release_without_commit(self, fx: Effects) -> None:
+        if fx.withdraw_lease_requests:
+            send(self._pool, WithdrawLeaseRequests(self.state.job_id))
+            fx.withdraw_lease_requests = False
+        if fx.released_leases:
+            releases = tuple((lease.lease_id, outcome) for lease, outcome in fx.released_leases)
+            send(self._pool, ReleaseLeases(releases))
+            fx.released_leases.clear()
+        fx.lease_requests.clear()  # asked again once the job resumes
 
     def _release(self, fx: Effects) -> None:
         """Carry out a committed batch's effects."""

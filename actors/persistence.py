@@ -23,7 +23,14 @@ from loguru import logger
 from actors.base import ActorContext, EnsembleActor, send
 from runtime import journal
 from runtime.errors import JobExistsError, PersistenceError
-from runtime.messages import CloseJobFiles, Commit, CreateJobFiles, Reply
+from runtime.messages import (
+    CloseJobFiles,
+    Commit,
+    CreateJobFiles,
+    GetCheckpoint,
+    OpenJobFiles,
+    Reply,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +76,18 @@ class Persistence(EnsembleActor):
             self._write_batch()
         elif isinstance(message, CreateJobFiles):
             self._create(message)
+        elif isinstance(message, OpenJobFiles):
+            self._open(message)
+        elif isinstance(message, GetCheckpoint):
+            self._write_batch()
+            job = self._jobs.get(message.job_id)
+            if job is None:
+                send(
+                    message.reply_to,
+                    Reply(error=PersistenceError(f"job {message.job_id} has no open checkpoint")),
+                )
+            else:
+                send(message.reply_to, Reply(value=orjson.loads(orjson.dumps(job.checkpoint))))
         elif isinstance(message, CloseJobFiles):
             self._close(message.job_id)
         else:
@@ -105,6 +124,25 @@ class Persistence(EnsembleActor):
                 ),
             )
             return
+        self._jobs[message.job_id] = _OpenJob(directory, handle, message.checkpoint)
+        send(message.reply_to, Reply(value=message.job_id))
+
+    def _open(self, message: OpenJobFiles) -> None:
+        """A recovered job: keep writing its journal where it stopped."""
+        job = self._jobs.get(message.job_id)
+        if job is not None:  # restarted after a crash in this runtime: already open
+            send(message.reply_to, Reply(value=message.job_id))
+            return
+        directory = self._jobs_dir / message.job_id
+        try:
+            handle = _in_thread(journal.open_journal, directory)
+        except OSError as exc:
+            send(
+                message.reply_to,
+                Reply(error=PersistenceError(f"cannot open the journal in {directory}: {exc}")),
+            )
+            return
+        self._seq = max(self._seq, int(message.checkpoint.get("seq", 0)))
         self._jobs[message.job_id] = _OpenJob(directory, handle, message.checkpoint)
         send(message.reply_to, Reply(value=message.job_id))
 

@@ -29,6 +29,7 @@ from runtime.messages import (
     LeasesRefused,
     Publish,
     Recipient,
+    ReleaseJob,
     ReleaseLeases,
     Reply,
     RequestLeases,
@@ -76,6 +77,9 @@ class BackendPool(EnsembleActor):
             self._release(message, now)
         elif isinstance(message, WithdrawLeaseRequests):
             self._table.withdraw(message.job_id)
+        elif isinstance(message, ReleaseJob):
+            self._table.release_job(message.job_id)
+            self._jobs.pop(message.job_id, None)
         elif isinstance(message, BlockInstrument):
             if self._table.block(message.instrument, message.model, message.until):
                 self._arm_wake(now)

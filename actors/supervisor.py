@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,19 @@ from runtime.errors import ConfigError, JobExistsError, JobNotFoundError
 from runtime.events import JOB_FAILED, RUNTIME_ERROR, Event
 from runtime.messages import (
     ChildFailed,
+    GetCheckpoint,
     JobCommand,
     JobFinished,
     ListJobs,
     Publish,
+    Recipient,
+    RecoverJob,
+    ReleaseJob,
     Reply,
     SubmitJob,
 )
+from runtime.plan import Plan
+from runtime.policy import Policy
 from runtime.state import JobResult, JobStatus
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -74,6 +81,8 @@ class Supervisor(EnsembleActor):
         self._jobs: dict[str, ActorRef[Any]] = {}
         self._job_by_urn: dict[str, str] = {}
         self._results: dict[str, JobResult] = {}
+        self._specs: dict[str, _JobSpec] = {}
+        self._restarts: dict[str, int] = {}
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, SubmitJob):
@@ -82,8 +91,12 @@ class Supervisor(EnsembleActor):
             self._command(message)
         elif isinstance(message, JobFinished):
             self._finished(message.job_id, message.result)
+        elif isinstance(message, RecoverJob):
+            self._recover(message)
         elif isinstance(message, ChildFailed):
             self._job_crashed(message)
+        elif isinstance(message, _CheckpointForRestart):
+            self._restart(message.job_id, message.reply)
         elif isinstance(message, ListJobs):
             send(message.reply_to, Reply(value=list(self._jobs.values())))
         else:
@@ -110,18 +123,43 @@ class Supervisor(EnsembleActor):
                 return
         else:
             job_id = self._free_job_id(job_id_from_name(message.score.name))
-        state = machine.new_job(job_id, message.plan, message.policy)
+        spec = _JobSpec(
+            message.plan, message.policy, message.template, score_document(message.score)
+        )
+        self._spawn(job_id, spec, message.reply_to, recovered=None)
+
+    def _recover(self, message: RecoverJob) -> None:
+        job_id = str(message.checkpoint["job_id"])
+        if job_id in self._jobs:
+            send(
+                message.reply_to, Reply(error=JobExistsError(f"job '{job_id}' is already running"))
+            )
+            return
+        spec = _JobSpec(
+            message.plan, message.policy, message.template, score_document(message.score)
+        )
+        self._spawn(job_id, spec, message.reply_to, recovered=message.checkpoint)
+
+    def _spawn(
+        self,
+        job_id: str,
+        spec: _JobSpec,
+        reply_to: Recipient | None,
+        recovered: dict[str, Any] | None,
+    ) -> None:
         ref = JobActor.start(
             self.context,
             supervisor=self.actor_ref,
-            state=state,
-            template=message.template,
-            score_document=message.score.model_dump(mode="json"),
+            state=machine.new_job(job_id, spec.plan, spec.policy),
+            template=spec.template,
+            score_document=spec.score_document,
             pool=self._pool,
             persistence=self._persistence,
             bus=self._bus,
-            created_reply=message.reply_to,
+            created_reply=reply_to,
+            recovered=recovered,
         )
+        self._specs[job_id] = spec
         self._jobs[job_id] = ref
         self._job_by_urn[ref.actor_urn] = job_id
 
@@ -163,20 +201,78 @@ class Supervisor(EnsembleActor):
         send(self._bus, Notify(lambda: callback(result)))
 
     def _job_crashed(self, message: ChildFailed) -> None:
-        job_id = self._job_by_urn.get(message.child_urn)
+        """Restart a crashed JobActor from its checkpoint, a few times at most."""
+        job_id = self._job_by_urn.pop(message.child_urn, None)
         if job_id is None:
             return
-        logger.error("job {} stopped: its actor crashed: {}", job_id, message.error)
+        self._jobs.pop(job_id, None)
+        # Its attempts died with it (the sheets stop with their job): free their leases.
+        send(self._pool, ReleaseJob(job_id))
+        restarts = self._restarts.get(job_id, 0) + 1
+        self._restarts[job_id] = restarts
         now = self.context.clock.now()
+        if restarts > MAX_RESTARTS:
+            self._give_up(job_id, f"{message.error} (crashed {restarts} times)", now)
+            return
+        logger.error(
+            "job {} crashed ({}); restarting it from its checkpoint ({} of {})",
+            job_id, message.error, restarts, MAX_RESTARTS,
+        )  # fmt: skip
+        send(self._bus, Publish((Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error}),)))
+        send(self._persistence, GetCheckpoint(job_id, _Tagged(self.actor_ref, job_id)))
+
+    def _restart(self, job_id: str, reply: Reply) -> None:
+        spec = self._specs.get(job_id)
+        if spec is None or reply.error is not None:
+            self._give_up(job_id, f"cannot restart: {reply.error}", self.context.clock.now())
+            return
+        self._spawn(job_id, spec, None, recovered=reply.value)
+
+    def _give_up(self, job_id: str, error: str, now: float) -> None:
+        logger.error("job {} stopped: {}", job_id, error)
         send(
             self._bus,
-            Publish(
-                (
-                    Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error}),
-                    Event(job_id, 0, JOB_FAILED, now, {"error": message.error}),
-                )
-            ),
-        )
-        # Checkpoint recovery of a crashed job is the Supervisor's next duty (restart);
-        # until then the waiter must not hang: the job ends failed with the error.
-        self._finished(job_id, JobResult(job_id, JobStatus.FAILED, 0.0, {}, error=message.error))
+            Publish((
+                Event(job_id, 0, RUNTIME_ERROR, now, {"error": error}),
+                Event(job_id, 0, JOB_FAILED, now, {"error": error}),
+            )),
+        )  # fmt: skip
+        self._finished(job_id, JobResult(job_id, JobStatus.FAILED, 0.0, {}, error=error))
+
+
+MAX_RESTARTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _JobSpec:
+    """What the supervisor needs to start a job's actor again."""
+
+    plan: Plan
+    policy: Policy
+    template: Any
+    score_document: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _CheckpointForRestart:
+    job_id: str
+    reply: Reply
+
+
+class _Tagged:
+    """Delivers a ``Reply`` to the supervisor together with the job it is about."""
+
+    __slots__ = ("_job_id", "_ref")
+
+    def __init__(self, ref: ActorRef[Any], job_id: str) -> None:
+        self._ref = ref
+        self._job_id = job_id
+
+    def tell(self, message: Any) -> None:
+        self._ref.tell(_CheckpointForRestart(self._job_id, message))
+
+
+def score_document(score: Any) -> dict[str, Any]:
+    """The score as stored with the job: enough to load it again on recovery."""
+    document: dict[str, Any] = score.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return document

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -28,11 +28,13 @@ from actors.hub import HubClock, HubThread
 from actors.persistence import Persistence
 from actors.pool import BackendPool
 from actors.supervisor import Supervisor, check_job_id
+from runtime import journal
 from runtime.clock import Clock, ManualClock
 from runtime.errors import (
     CallTimeoutError,
     EnsembleError,
     JobNotFoundError,
+    PersistenceError,
     RuntimeStoppedError,
     UnknownInstrumentError,
 )
@@ -40,6 +42,7 @@ from runtime.events import Event
 from runtime.messages import (
     ClearRateLimits,
     JobCommand,
+    RecoverJob,
     Reply,
     SubmitJob,
     Subscribe,
@@ -61,7 +64,8 @@ def start(
     backends: Mapping[str, BackendSpec] | None = None,
     max_concurrent_sheets: int = 10,
     clock: Clock | None = None,
-    fsync: bool = True,
+    durability: str = "fsync",
+    recover: bool = False,
     self_healing: bool = False,
     escalation: bool = False,
 ) -> Runtime:
@@ -71,20 +75,34 @@ def start(
     ``runtime.testing.ScriptedBackend``, ...); the built-in ``cli`` instrument
     is always there unless replaced. ``self_healing`` and ``escalation`` are
     the defaults for S15 (one extra attempt; a fermata for a human) that
-    ``submit`` may override per job. Use the result as a context manager, or
-    call ``stop()``.
+    ``submit`` may override per job.
+
+    ``durability="fsync"`` (the default) fsyncs every group commit;
+    ``"process"`` only hands it to the OS before effects are released, which
+    survives a killed process but not a power cut. With ``recover=True`` every
+    unfinished job in ``state_dir`` resumes from its checkpoint (S29); see
+    ``Runtime.recovered`` and ``Runtime.recovery_errors``. Use the result as a
+    context manager, or call ``stop()``.
     """
     if max_concurrent_sheets < 1:
         raise EnsembleError("max_concurrent_sheets must be at least 1")
+    if durability not in DURABILITY_SETTINGS:
+        raise EnsembleError(
+            f"durability must be one of {', '.join(DURABILITY_SETTINGS)}, not {durability!r}"
+        )
     return Runtime(
         Path(state_dir),
         backends={"cli": CliBackend(), **(backends or {})},
         max_concurrent_sheets=max_concurrent_sheets,
         clock=clock,
-        fsync=fsync,
+        fsync=durability == "fsync",
         self_healing=self_healing,
         escalation=escalation,
+        recover=recover,
     )
+
+
+DURABILITY_SETTINGS = ("fsync", "process")
 
 
 class _ReplyBox:
@@ -132,8 +150,11 @@ class Runtime:
         fsync: bool,
         self_healing: bool = False,
         escalation: bool = False,
+        recover: bool = False,
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.recovered: list[JobHandle] = []
+        self.recovery_errors: list[str] = []
         self.self_healing = self_healing
         self.escalation = escalation
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +174,8 @@ class Runtime:
         except BaseException:
             self._hub.stop()
             raise
+        if recover:
+            self.recovered = self.recover()
 
     def _start_actors(self, max_concurrent_sheets: int, fsync: bool) -> None:
         context = self._context
@@ -233,6 +256,61 @@ class Runtime:
         new_id: str = box.wait(timeout, "submit")
         self._waiter(new_id)
         return JobHandle(self, new_id)
+
+    def recover(
+        self, job_ids: Iterable[str] | None = None, timeout: float = DEFAULT_CALL_TIMEOUT
+    ) -> list[JobHandle]:
+        """S29: resume unfinished jobs of the state directory from their checkpoints
+        (all of them, or those named). A job that cannot be read is skipped and
+        its error, naming the file, added to ``recovery_errors``."""
+        self._check_running()
+        job_dirs = journal.list_job_dirs(self.state_dir)
+        if job_ids is not None:
+            wanted = set(job_ids)
+            missing = wanted - {job_dir.name for job_dir in job_dirs}
+            if missing:
+                raise JobNotFoundError(
+                    f"no job {', '.join(repr(name) for name in sorted(missing))} "
+                    f"in {self.state_dir}"
+                )
+            job_dirs = [job_dir for job_dir in job_dirs if job_dir.name in wanted]
+        handles: list[JobHandle] = []
+        for job_dir in job_dirs:
+            try:
+                handle = self._recover_one(job_dir, timeout)
+            except EnsembleError as exc:
+                message = f"job {job_dir.name} was not resumed: {exc}"
+                logger.error(message)
+                self.recovery_errors.append(message)
+                continue
+            if handle is not None:
+                handles.append(handle)
+        return handles
+
+    def _recover_one(self, job_dir: Path, timeout: float) -> JobHandle | None:
+        loaded = journal.load_checkpoint(job_dir)
+        checkpoint = loaded.checkpoint
+        if checkpoint.get("status") in {status.value for status in FINAL_JOB_STATUSES}:
+            return None
+        score = load_score(loaded.score)
+        plan = build_plan(score)
+        if plan.total_sheets != len(checkpoint["sheets"]):
+            raise PersistenceError(
+                f"{job_dir / journal.SNAPSHOT_FILE} has {len(checkpoint['sheets'])} sheets but "
+                f"its score plans {plan.total_sheets}; the stored score was changed"
+            )
+        options = checkpoint.get("options", {})
+        policy = policy_from_score(
+            score,
+            self_healing=bool(options.get("self_healing", False)),
+            escalation=bool(options.get("escalation", False)),
+        )
+        template = PromptTemplate(score.prompt.template or "", variables=score.prompt.variables)
+        box = _ReplyBox()
+        self._supervisor.tell(RecoverJob(score, plan, policy, template, checkpoint, box))
+        job_id: str = box.wait(timeout, f"recover {job_dir.name}")
+        self._waiter(job_id)
+        return JobHandle(self, job_id)
 
     def job(self, job_id: str) -> JobHandle:
         """A handle to a job this runtime knows."""

@@ -31,7 +31,14 @@ def jobs_dir(state_dir: Path) -> Path:
     return state_dir / "jobs"
 
 
-def new_checkpoint(job_id: str, name: str, sheets: Iterable[dict[str, Any]]) -> dict[str, Any]:
+def new_checkpoint(
+    job_id: str,
+    name: str,
+    sheets: Iterable[dict[str, Any]],
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A new job's first snapshot. ``options`` are the submit-time settings a
+    recovery needs again (self-healing, escalation)."""
     return {
         "version": FORMAT_VERSION,
         "job_id": job_id,
@@ -40,6 +47,7 @@ def new_checkpoint(job_id: str, name: str, sheets: Iterable[dict[str, Any]]) -> 
         "paused_by_user": False,
         "cost": 0.0,
         "seq": 0,
+        "options": dict(options or {}),
         "sheets": list(sheets),
     }
 
@@ -63,11 +71,31 @@ def encode_records(records: Iterable[dict[str, Any]]) -> bytes:
     return b"".join(orjson.dumps(record) + b"\n" for record in records)
 
 
+def open_journal(job_dir: Path) -> BinaryIO:
+    """The job's journal, opened unbuffered for appending."""
+    return open(job_dir / JOURNAL_FILE, "ab", buffering=0)
+
+
 def append_and_sync(handle: BinaryIO, data: bytes, *, fsync: bool) -> None:
-    handle.write(data)
-    handle.flush()
-    if fsync:
-        os.fsync(handle.fileno())
+    """Append ``data`` whole or not at all: a failed write (a full disk) is cut
+    back off, so no torn line is left in the middle of the journal."""
+    start = handle.tell()
+    try:
+        # An unbuffered file: a failed write leaves nothing queued in a buffer
+        # that a later flush would write after the cut.
+        remaining = memoryview(data)
+        while remaining:
+            written = handle.write(remaining)
+            remaining = remaining[written or 0 :]
+        if fsync:
+            os.fsync(handle.fileno())
+    except OSError:
+        try:
+            handle.truncate(start)
+            handle.seek(start)
+        except OSError:
+            logger.error("could not cut a failed write off the journal {}", handle.name)
+        raise
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -95,6 +123,14 @@ class LoadedCheckpoint:
     score: dict[str, Any]
     replayed_records: int
     skipped_tail: bool
+
+
+def list_job_dirs(state_dir: Path) -> list[Path]:
+    """Every job folder under a state directory, by name."""
+    root = jobs_dir(state_dir)
+    if not root.is_dir():
+        return []
+    return sorted(path for path in root.iterdir() if (path / SNAPSHOT_FILE).exists())
 
 
 def load_checkpoint(job_dir: Path) -> LoadedCheckpoint:

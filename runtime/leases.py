@@ -175,6 +175,14 @@ class LeaseTable:
             return grant, None
         return grant, self._breaker(grant.instrument).record(succeeded, policy, now)
 
+    def release_job(self, job_id: str) -> int:
+        """Forget a job whose actor died: drop its requests, free its leases."""
+        dropped = self.withdraw(job_id)
+        held = [lease_id for lease_id, grant in self._leases.items() if grant.job_id == job_id]
+        for lease_id in held:
+            self.release(lease_id, None, BreakerPolicy(), 0.0)
+        return dropped + len(held)
+
     def holder(self, lease_id: int) -> Grant | None:
         return self._leases.get(lease_id)
 

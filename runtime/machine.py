@@ -123,6 +123,23 @@ class Effects:
         )
 
 
+def merge_effects(first: Effects, then: Effects) -> Effects:
+    """One batch that does what ``first`` and then ``then`` do."""
+    return Effects(
+        dirty_sheets=first.dirty_sheets | then.dirty_sheets,
+        job_dirty=first.job_dirty or then.job_dirty,
+        events=first.events + then.events,
+        lease_requests=first.lease_requests + then.lease_requests,
+        withdraw_lease_requests=first.withdraw_lease_requests or then.withdraw_lease_requests,
+        attempts=first.attempts + then.attempts,
+        timers=first.timers + then.timers,
+        blocks=first.blocks + then.blocks,
+        cancel_attempts=first.cancel_attempts + then.cancel_attempts,
+        released_leases=first.released_leases + then.released_leases,
+        finished=then.finished or first.finished,
+    )
+
+
 def checkpoint_records(state: JobState, effects: Effects) -> list[dict[str, Any]]:
     """Journal records for everything this batch changed: one per sheet, one for the job."""
     records: list[dict[str, Any]] = [
@@ -550,10 +567,13 @@ def pause(state: JobState, now: float, fx: Effects) -> bool:
 
 def resume(state: JobState, now: float, fx: Effects) -> bool:
     """S25, S24: dispatch again, unless a fermata is open or the cost is still over."""
-    if state.status in FINAL_JOB_STATUSES or not (state.paused_by_user or state.paused_for_cost):
+    if state.status in FINAL_JOB_STATUSES or not (
+        state.paused_by_user or state.paused_for_cost or state.storage_error
+    ):
         return False
     state.paused_by_user = False
     state.paused_for_cost = False
+    state.storage_error = None
     fx.job_dirty = True
     limit = state.policy.cost.max_cost_per_job
     if limit is not None and state.cost > limit:
@@ -630,6 +650,13 @@ def resolve_fermata(
     return True
 
 
+def storage_failed(state: JobState, error: str, now: float, fx: Effects) -> None:
+    """The checkpoint could not be written: the job pauses until ``resume`` (DESIGN
+    rule 3: nothing of the failed batch was released). Nothing committed is lost."""
+    state.storage_error = error
+    _update_pause(state, now, fx)
+
+
 # --- reports -------------------------------------------------------------------------
 
 
@@ -695,7 +722,13 @@ def _make_ready(state: JobState, sheet: SheetState, fx: Effects) -> None:
 
 
 def _dispatch_blocked(state: JobState, now: float) -> bool:
-    if state.paused_by_user or state.paused_for_cost or state.open_fermatas or state.cancelling:
+    if (
+        state.paused_by_user
+        or state.paused_for_cost
+        or state.open_fermatas
+        or state.storage_error
+        or state.cancelling
+    ):
         return True
     return state.paced_until is not None and now < state.paced_until
 
@@ -704,13 +737,23 @@ def _update_pause(state: JobState, now: float, fx: Effects) -> None:
     """Keep the job's status in step with its pause reasons (S16, S24, S25)."""
     if state.status in FINAL_JOB_STATUSES or state.cancelling:
         return
-    paused = state.paused_by_user or state.paused_for_cost or state.open_fermatas > 0
+    paused = bool(
+        state.paused_by_user
+        or state.paused_for_cost
+        or state.open_fermatas > 0
+        or state.storage_error
+    )
     if paused and state.status is JobStatus.RUNNING:
         state.status = JobStatus.PAUSED
         fx.job_dirty = True
         _withdraw_lease_requests(state, fx)
-        reason = "user" if state.paused_by_user else "cost" if state.paused_for_cost else "fermata"
-        _emit(state, fx, 0, ev.JOB_PAUSED, now, reason=reason)
+        if state.storage_error:
+            _emit(state, fx, 0, ev.JOB_PAUSED, now, reason="storage", error=state.storage_error)
+        else:
+            reason = (
+                "user" if state.paused_by_user else "cost" if state.paused_for_cost else "fermata"
+            )
+            _emit(state, fx, 0, ev.JOB_PAUSED, now, reason=reason)
     elif not paused and state.status is JobStatus.PAUSED:
         state.status = JobStatus.RUNNING
         fx.job_dirty = True
@@ -796,3 +839,102 @@ def _finish_if_done(state: JobState, now: float, fx: Effects) -> None:
 
 def _emit(state: JobState, fx: Effects, sheet_num: int, name: str, now: float, **data: Any) -> None:
     fx.events.append(Event(state.job_id, sheet_num, name, now, data))
+
+
+# --- recovery (S29) --------------------------------------------------------------------
+
+
+def recover(
+    state: JobState,
+    saved_sheets: Iterable[SheetState],
+    job_record: dict[str, Any],
+    now: float,
+    fx: Effects,
+) -> None:
+    """S29: rebuild a job from its checkpoint after a crash or a stop.
+
+    ``state`` is a fresh ``new_job`` for the same plan. Terminal sheets keep
+    their status and are never run again; fermatas stay open; counters, costs,
+    outputs and errors are kept exactly. A sheet that was dispatched or waiting
+    is ready again (its interrupted attempt spent no retry); a scheduled retry
+    keeps its deadline, as do the job's pacing and the instrument blocks of
+    rate-limited sheets: their timers are re-armed, firing at once if due.
+    Readiness and failure cascades are recomputed from the dependencies, so a
+    journal cut between two records of one batch still leads to the right state.
+    """
+    saved_by_num = {saved.num: saved for saved in saved_sheets}
+    for sheet in state.sheets:
+        saved = saved_by_num.get(sheet.num)
+        if saved is None:
+            continue
+        for name in _CHECKPOINTED_COUNTERS:
+            setattr(sheet, name, getattr(saved, name))
+        if saved.is_terminal or saved.status is SheetStatus.FERMATA:
+            _set_status(state, sheet, saved.status, fx)
+            fx.dirty_sheets.discard(sheet.num)
+    state.cost = sum(sheet.cost for sheet in state.sheets)
+    state.paused_by_user = bool(job_record.get("paused_by_user", False))
+    state.paused_for_cost = bool(job_record.get("paused_for_cost", False))
+    state.cost_warned = bool(job_record.get("cost_warned", False))
+    state.open_fermatas = state.counts.get(SheetStatus.FERMATA, 0)
+    state.started = True
+    paced_until = job_record.get("paced_until")
+    if paced_until is not None:
+        state.paced_until = paced_until
+        fx.timers.append(TimerOrder(PACING_TIMER, paced_until))
+
+    for sheet in state.sheets:
+        if sheet.is_terminal or sheet.status is SheetStatus.FERMATA:
+            continue
+        sheet.unmet_dependencies = sum(
+            1
+            for dependency in state.plan.dependencies.get(sheet.num, ())
+            if not state.sheet(dependency).satisfies_dependents
+        )
+    for sheet in state.sheets:
+        if sheet.status is SheetStatus.FAILED or (
+            sheet.status is SheetStatus.SKIPPED and sheet.skip_reason is SkipReason.CASCADE
+        ):
+            _cascade_failure(state, sheet.num, now, fx)
+
+    for sheet in state.sheets:
+        if sheet.status is not SheetStatus.PENDING:
+            continue
+        saved = saved_by_num.get(sheet.num)
+        saved_status = saved.status if saved is not None else SheetStatus.PENDING
+        if saved_status is SheetStatus.RETRY_SCHEDULED and sheet.retry_at is not None:
+            _set_status(state, sheet, SheetStatus.RETRY_SCHEDULED, fx)
+            fx.timers.append(TimerOrder(sheet.num, sheet.retry_at))
+        elif sheet.unmet_dependencies == 0:
+            _make_ready(state, sheet, fx)
+            if saved_status is SheetStatus.WAITING and sheet.retry_at is not None:
+                if sheet.retry_at > now:
+                    instrument, model = current_instrument(state, sheet)
+                    fx.blocks.append(BlockOrder(instrument, model, sheet.retry_at))
+                sheet.retry_at = None
+        elif saved_status is not SheetStatus.PENDING:
+            fx.dirty_sheets.add(sheet.num)
+    state.status = JobStatus.RUNNING
+    fx.job_dirty = True
+    _emit(state, fx, 0, ev.JOB_RESUMED, now, recovered=True)
+    _update_pause(state, now, fx)
+    _request_leases(state, now, fx)
+    _finish_if_done(state, now, fx)
+
+
+_CHECKPOINTED_COUNTERS = (
+    "attempts",
+    "retries_used",
+    "completion_attempts",
+    "completion_pending",
+    "instrument_index",
+    "healing_used",
+    "rate_limit_waits",
+    "cost",
+    "last_error",
+    "error_kind",
+    "skip_reason",
+    "output_tail",
+    "retry_at",
+    "validations",
+)

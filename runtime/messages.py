@@ -240,6 +240,42 @@ class CreateJobFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenJobFiles:
+    """Reopen a recovered job's journal; ``checkpoint`` is what was read back."""
+
+    job_id: str
+    checkpoint: dict[str, Any]
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class GetCheckpoint:
+    """Reply with a copy of a job's checkpoint as committed so far (for restarts)."""
+
+    job_id: str
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseJob:
+    """Forget a job in the pool: its requests and the leases its attempts held."""
+
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverJob:
+    """Start a job again from its checkpoint (S29)."""
+
+    score: Score
+    plan: Plan
+    policy: Policy
+    template: Any
+    checkpoint: dict[str, Any]
+    reply_to: Recipient
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """Append records to a job's journal; ``done`` is set once they are durable."""
 

@@ -28,7 +28,7 @@ def ensemble_backends() -> Mapping[str, Any]:
 def ensemble_runtime(tmp_path: Path, ensemble_backends: Mapping[str, Any]) -> Iterator[Runtime]:
     """A started runtime on ``tmp_path / "state"``; stopped after the test."""
     rt = runtime.start(
-        tmp_path / "state", backends=ensemble_backends, max_concurrent_sheets=10, fsync=False
+        tmp_path / "state", backends=ensemble_backends, max_concurrent_sheets=10, durability="process"
     )
     try:
         yield rt

@@ -160,6 +160,7 @@ class JobState:
     paused_by_user: bool = False
     paused_for_cost: bool = False
     open_fermatas: int = 0
+    storage_error: str | None = None
     paced_until: float | None = None
     cost_warned: bool = False
     cancelling: bool = False
