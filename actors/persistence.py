@@ -136,14 +136,20 @@ class Persistence(EnsembleActor):
         directory = self._jobs_dir / message.job_id
         try:
             handle = _in_thread(journal.open_journal, directory)
+            job = _OpenJob(directory, handle, message.checkpoint)
+            # Start from a fresh snapshot: whatever torn or unreadable tail the
+            # journal had is gone before anything is appended after it (S30).
+            _in_thread(_compact, job)
         except OSError as exc:
             send(
                 message.reply_to,
-                Reply(error=PersistenceError(f"cannot open the journal in {directory}: {exc}")),
+                Reply(
+                    error=PersistenceError(f"cannot reopen the checkpoint in {directory}: {exc}")
+                ),
             )
             return
         self._seq = max(self._seq, int(message.checkpoint.get("seq", 0)))
-        self._jobs[message.job_id] = _OpenJob(directory, handle, message.checkpoint)
+        self._jobs[message.job_id] = job
         send(message.reply_to, Reply(value=message.job_id))
 
     def _close(self, job_id: str) -> None:
@@ -212,7 +218,7 @@ def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, 
     try:
         journal.write_atomically(directory / journal.SCORE_FILE, orjson.dumps(score))
         journal.write_snapshot(directory, checkpoint)
-        return open(directory / journal.JOURNAL_FILE, "ab")
+        return journal.open_journal(directory)
     except OSError:
         shutil.rmtree(directory, ignore_errors=True)
         raise

@@ -1,0 +1,462 @@
+"""The ``ensemble`` command: run scores and inspect a state directory.
+
+Owns argument parsing, one function per subcommand (``run``, ``status``; a new
+subcommand is one ``add_*_command`` function listed in ``COMMANDS``, or, when it
+has a parser of its own like ``validate``, one entry in ``DELEGATED_COMMANDS``),
+exit codes and what goes to stdout and stderr. Running goes through the host API
+(``runtime.start``); ``status`` reads checkpoints from disk without starting a
+runtime. How progress looks is ``runtime.progress``; no job logic lives here.
+
+Exit codes: 0 success, 1 a job did not complete (or a checkpoint is
+unreadable), 2 invalid usage or an invalid score, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+from rich.console import Console
+
+import runtime
+from runtime import journal
+from runtime.errors import ConfigError, EnsembleError
+from runtime.events import Event
+from runtime.plan import build_plan
+from runtime.progress import (
+    STATUS_ORDER,
+    LineView,
+    LiveView,
+    ProgressView,
+    QuietView,
+    stored_jobs_table,
+    summary_table,
+)
+from runtime.score import Score, load_score
+from runtime.state import JobProgress, JobResult, JobStatus
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+DEFAULT_STATE_DIR = ".ensemble-state"
+POLL_SECONDS = 0.2
+# Non-terminal output (CI logs, pipes) gets wide tables instead of 80 columns.
+PIPE_WIDTH = 120
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``ensemble`` command with ``argv`` (default: ``sys.argv[1:]``)."""
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if arguments and arguments[0] in DELEGATED_COMMANDS:
+            _, delegate = DELEGATED_COMMANDS[arguments[0]]
+            return delegate(arguments[1:])
+        parser = build_parser()
+        try:
+            args = parser.parse_args(arguments)
+        except SystemExit as exc:  # --help, --version and usage errors
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        handler: Handler = args.handler
+        return handler(args)
+    except BrokenPipeError:
+        # The reader went away (`ensemble status | head`): end quietly, and keep
+        # Python from failing again when it flushes stdout at exit.
+        _silence_stdout()
+        return EXIT_FAILED
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ensemble",
+        description="Run Marianne-format scores on the Ensemble actor runtime.",
+    )
+    parser.add_argument("--version", action="version", version=f"ensemble {_version()}")
+    subcommands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add_command in COMMANDS:
+        add_command(subcommands)
+    for name, (summary, _) in DELEGATED_COMMANDS.items():
+        # Listed for --help only: main() hands their arguments over untouched.
+        subcommands.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("ensemble-runtime")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _state_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(DEFAULT_STATE_DIR),
+        metavar="DIR",
+        help=f"where job checkpoints live (default: ./{DEFAULT_STATE_DIR})",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _console(stream: Any) -> Console:
+    if stream.isatty():
+        return Console(file=stream)
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else PIPE_WIDTH
+    return Console(file=stream, width=width)
+
+
+def _error(message: str) -> None:
+    print(f"ensemble: error: {message}", file=sys.stderr)
+
+
+# --- ensemble run -------------------------------------------------------------------
+
+
+def add_run_command(subcommands: Any) -> None:
+    parser = subcommands.add_parser(
+        "run",
+        help="run scores until they finish",
+        description=(
+            "Run one or more scores at once on one runtime, showing their progress. "
+            "Exits 0 only if every job completed."
+        ),
+    )
+    parser.add_argument("scores", nargs="+", type=Path, metavar="SCORE", help="score YAML file")
+    _state_dir_option(parser)
+    parser.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="most sheets running at once, across all jobs (default: 10)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="show no progress, only the final summary"
+    )
+    parser.set_defaults(handler=run_command)
+
+
+@dataclass(frozen=True, slots=True)
+class _LoadedScore:
+    path: Path
+    score: Score
+
+
+def run_command(args: argparse.Namespace) -> int:
+    scores, problems = _load_scores(args.scores)
+    for problem in problems:
+        _error(problem)
+    if problems:
+        return EXIT_USAGE
+    console = _console(sys.stdout)
+    live = sys.stdout.isatty() and not args.quiet
+    with _warnings_only_on_stderr():
+        try:
+            rt = runtime.start(args.state_dir, max_concurrent_sheets=args.max_concurrent)
+        except (EnsembleError, OSError) as exc:
+            _error(f"cannot start the runtime in {args.state_dir}: {exc}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print("Interrupted while starting; nothing was submitted.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return _run_on(rt, scores, console, live=live, quiet=args.quiet)
+
+
+def _load_scores(paths: Sequence[Path]) -> tuple[list[_LoadedScore], list[str]]:
+    """Load and plan every score before anything starts; collect every problem."""
+    loaded, problems = [], []
+    for path in paths:
+        try:
+            score = load_score(path)
+            build_plan(score)
+        except ConfigError as exc:
+            problems.append(_describe_config_error(path, exc))
+            continue
+        loaded.append(_LoadedScore(path, score))
+    return loaded, problems
+
+
+def _describe_config_error(path: Path, exc: ConfigError) -> str:
+    # Planning errors do not know the file they came from; say it for them.
+    return str(exc) if exc.source else f"{path}: {exc}"
+
+
+def _run_on(
+    rt: runtime.Runtime,
+    scores: Sequence[_LoadedScore],
+    console: Console,
+    *,
+    live: bool,
+    quiet: bool,
+) -> int:
+    changed = threading.Event()
+    inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+
+    def on_event(event: Event) -> None:
+        inbox.put(event)
+        changed.set()
+
+    handles: list[runtime.JobHandle] = []
+    view: ProgressView = QuietView()
+    try:
+        rt.subscribe(on_event)  # before submitting, so no event is missed
+        try:
+            for loaded in scores:
+                handles.append(rt.submit(loaded.score))
+        except ConfigError as exc:
+            _error(_describe_config_error(loaded.path, exc))
+            for handle in handles:
+                handle.cancel()
+            return EXIT_USAGE
+        if not quiet:
+            names = ", ".join(handle.job_id for handle in handles)
+            console.print(f"Running {len(handles)} job(s): {names} (state in {rt.state_dir})")
+            view = LiveView(console) if live else LineView(sys.stdout)
+        results = _watch(handles, view, changed, inbox)
+    except KeyboardInterrupt:
+        view.close()
+        _stop_ignoring_interrupts(rt)
+        ids = ", ".join(handle.job_id for handle in handles) or "none submitted"
+        print(
+            f"Interrupted: the runtime stopped and the checkpoints are kept in {rt.state_dir}; "
+            f"the jobs ({ids}) can be resumed from there.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except EnsembleError as exc:  # the runtime stopped or stopped answering
+        view.close()
+        _error(f"{exc}; the checkpoints are kept in {rt.state_dir}")
+        return EXIT_FAILED
+    finally:
+        view.close()
+        _stop_ignoring_interrupts(rt)
+    console.print(summary_table(results))
+    completed = all(result.status is JobStatus.COMPLETED for result in results)
+    return EXIT_OK if completed else EXIT_FAILED
+
+
+def _watch(
+    handles: Sequence[runtime.JobHandle],
+    view: ProgressView,
+    changed: threading.Event,
+    inbox: queue.SimpleQueue[Event],
+) -> list[JobResult]:
+    """Refresh the view on every event and at least every ``POLL_SECONDS`` until
+    every job is final; return their results in submission order."""
+    ours = {handle.job_id for handle in handles}
+    final: dict[str, JobProgress] = {}
+    while True:
+        changed.clear()
+        _drain(inbox, view, ours)
+        snapshots = []
+        for handle in handles:
+            snapshot = final.get(handle.job_id)
+            if snapshot is None:
+                # done() first: a job found done is then read in its final state.
+                is_done = handle.done()
+                snapshot = handle.status()
+                if is_done:
+                    final[handle.job_id] = snapshot
+            snapshots.append(snapshot)
+        view.show(snapshots)
+        if len(final) == len(handles):
+            break
+        changed.wait(POLL_SECONDS)
+    # A job's waiter wakes only after its last events were delivered.
+    _drain(inbox, view, ours)
+    return [handle.wait() for handle in handles]
+
+
+def _drain(inbox: queue.SimpleQueue[Event], view: ProgressView, ours: set[str]) -> None:
+    while True:
+        try:
+            event = inbox.get_nowait()
+        except queue.Empty:
+            return
+        if event.job_id in ours:
+            view.note(event)
+
+
+def _stop_ignoring_interrupts(rt: runtime.Runtime) -> None:
+    """Stop the runtime; a second Ctrl-C must not tear the shutdown in half."""
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    try:
+        rt.stop()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous)
+
+
+# The id of loguru's stderr sink that this module may replace (0 at import).
+_default_sink_id: int | None = 0
+_DEFAULT_LOG_FORMAT = (
+    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{function}:{line} - {message}"
+)
+
+
+@contextmanager
+def _warnings_only_on_stderr() -> Iterator[None]:
+    """Let only warnings and errors reach stderr, so logs do not tear the display.
+
+    Only loguru's default stderr sink is replaced, and put back afterwards;
+    sinks a host program added stay as they are.
+    """
+    global _default_sink_id
+    removed = False
+    if _default_sink_id is not None:
+        try:
+            logger.remove(_default_sink_id)
+            removed = True
+        except ValueError:  # the host removed it already: leave logging alone
+            _default_sink_id = None
+    sink = logger.add(
+        _write_to_current_stderr,
+        level="WARNING",
+        format="ensemble: {level.name.lower()}: {message}",
+    )
+    try:
+        yield
+    finally:
+        logger.remove(sink)
+        if removed:
+            # Bound to whatever sys.stderr is when a record is written, so a
+            # caller that swaps sys.stderr (a test capturing output) and closes
+            # its stream afterwards leaves no dead sink behind.
+            _default_sink_id = logger.add(_write_to_current_stderr, format=_DEFAULT_LOG_FORMAT)
+
+
+def _write_to_current_stderr(message: Any) -> None:
+    # Looked up at write time: the live display redirects sys.stderr.
+    sys.stderr.write(str(message))
+
+
+# --- ensemble status ----------------------------------------------------------------
+
+
+def add_status_command(subcommands: Any) -> None:
+    parser = subcommands.add_parser(
+        "status",
+        help="list the jobs in a state directory",
+        description=(
+            "List the jobs stored in a state directory with their sheet counts, read "
+            "from the checkpoints on disk (no runtime is started)."
+        ),
+    )
+    _state_dir_option(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=status_command)
+
+
+def status_command(args: argparse.Namespace) -> int:
+    jobs = read_stored_jobs(args.state_dir)
+    if args.json:
+        print(json.dumps({"jobs": jobs}))
+    elif not jobs:
+        print(f"No jobs in {args.state_dir}.")
+    else:
+        _console(sys.stdout).print(stored_jobs_table(jobs))
+    unreadable = any(job["status"] == "unreadable" for job in jobs)
+    return EXIT_FAILED if unreadable else EXIT_OK
+
+
+def read_stored_jobs(state_dir: Path) -> list[dict[str, Any]]:
+    """One record per job folder under ``state_dir``, sorted by job id.
+
+    Each record has ``job_id``, ``name``, ``status``, ``total_sheets``,
+    ``counts`` (every sheet status, zeros included), ``cost`` and ``error``
+    (``None`` unless the checkpoint could not be read: status ``unreadable``).
+    """
+    jobs_dir = journal.jobs_dir(state_dir)
+    if not jobs_dir.is_dir():
+        return []
+    return [
+        _stored_job(directory)
+        for directory in sorted(jobs_dir.iterdir(), key=lambda path: path.name)
+        if directory.is_dir()
+    ]
+
+
+def _stored_job(directory: Path) -> dict[str, Any]:
+    try:
+        loaded = journal.load_checkpoint(directory)
+        checkpoint = loaded.checkpoint
+        counts = dict.fromkeys(STATUS_ORDER, 0)
+        for sheet in checkpoint["sheets"]:
+            status = str(sheet["status"])
+            counts[status] = counts.get(status, 0) + 1
+        return {
+            "job_id": str(checkpoint.get("job_id", directory.name)),
+            "name": str(checkpoint.get("name") or loaded.score.get("name") or ""),
+            "status": str(checkpoint["status"]),
+            "total_sheets": len(checkpoint["sheets"]),
+            "counts": counts,
+            "cost": float(checkpoint.get("cost", 0.0)),
+            "error": None,
+        }
+    except (EnsembleError, OSError, ValueError, LookupError, TypeError) as exc:
+        return {
+            "job_id": directory.name,
+            "name": "",
+            "status": "unreadable",
+            "total_sheets": 0,
+            "counts": {},
+            "cost": 0.0,
+            "error": str(exc) or type(exc).__name__,
+        }
+
+
+# --- registry -----------------------------------------------------------------------
+
+
+def _validate(argv: list[str]) -> int:
+    # Imported on use: the command lives in a module of its own.
+    from runtime.validate_cmd import validate_main
+
+    return validate_main(argv)
+
+
+# Subcommands whose arguments this parser defines (one ``add_*`` function each).
+COMMANDS: tuple[Callable[[Any], None], ...] = (add_run_command, add_status_command)
+
+# Subcommands with a parser of their own: name -> (help line, main(argv) -> exit code).
+DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
+    "validate": ("check a score without running it", _validate),
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
