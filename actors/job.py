@@ -83,6 +83,7 @@ class JobActor(EnsembleActor):
         self._sheet_by_urn: dict[str, int] = {}
         self._effects = Effects()
         self._held: Effects | None = None  # a batch whose commit failed (storage error)
+        self._replies: list[tuple[Recipient, Reply]] = []  # host commands answered after a flush
         self._flush_scheduled = False
         self._recovered = recovered
 
@@ -197,7 +198,12 @@ class JobActor(EnsembleActor):
                 Reply(error=ValueError(f"unknown job command {message.command!r}")),
             )
             return
-        send(message.reply_to, Reply(value=value))
+        if fx.empty:
+            send(message.reply_to, Reply(value=value))
+        else:
+            # Answer once the command's effects (withdrawn requests, cancel orders)
+            # are committed and sent: a True from pause() means it is done.
+            self._replies.append((message.reply_to, Reply(value=value)))
 
     def _sheet_crashed(self, message: ChildFailed, now: float) -> None:
         sheet_num = self._sheet_by_urn.pop(message.child_urn, None)
@@ -226,6 +232,7 @@ class JobActor(EnsembleActor):
             # giving leases back and withdrawing requests are safe to do now.
             self._release_without_commit(fx)
             self._held = fx
+            self._answer_commands()
             return
         records = machine.checkpoint_records(state, fx)
         if records:
@@ -237,6 +244,12 @@ class JobActor(EnsembleActor):
                 self._storage_failed(fx, exc)
                 return
         self._release(fx)
+        self._answer_commands()
+
+    def _answer_commands(self) -> None:
+        replies, self._replies = self._replies, []
+        for recipient, reply in replies:
+            send(recipient, reply)
 
     def _storage_failed(self, fx: Effects, exc: BaseException) -> None:
         state, now = self.state, self.context.clock.now()
@@ -254,6 +267,7 @@ class JobActor(EnsembleActor):
         held = machine.merge_effects(fx, pause)
         self._release_without_commit(held)
         self._held = held
+        self._answer_commands()
 
     def _release_without_commit(self, fx: Effects) -> None:
         if fx.withdraw_lease_requests:

@@ -493,7 +493,12 @@ def _progress_from_result(result: JobResult) -> JobProgress:
     for sheet in result.sheets.values():
         counts[sheet.status.value] = counts.get(sheet.status.value, 0) + 1
     return JobProgress(
-        result.job_id, result.job_id, result.status, len(result.sheets), counts, result.cost
+        result.job_id,
+        result.name or result.job_id,
+        result.status,
+        len(result.sheets),
+        counts,
+        result.cost,
     )
 
 

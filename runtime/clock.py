@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -47,8 +48,10 @@ class ManualClock:
     """A clock for tests: time stands still until ``advance`` moves it.
 
     ``advance`` fires due timers in order of their due time, each with the clock
-    set to that time, handing each callback to the hub. Safe to call from any
-    thread.
+    set to that time, handing each callback to the hub (bound) or calling it
+    (unbound). A callback handed to the hub runs there soon after, and what it
+    sets off (a message to an actor) may see a later time: tests wait for the
+    outcome before they advance again. Safe to call from any thread.
     """
 
     def __init__(self, start: float = 1_000_000.0) -> None:
@@ -56,6 +59,7 @@ class ManualClock:
         self._timers: list[_ManualTimer] = []
         self._order = itertools.count()
         self._lock = threading.Lock()
+        self._armed = threading.Condition()
         self._run_on_hub: Callable[[Callable[[], object]], None] | None = None
 
     def bind(self, run_on_hub: Callable[[Callable[[], object]], None]) -> None:
@@ -68,21 +72,39 @@ class ManualClock:
         with self._lock:
             timer = _ManualTimer(self._now + max(0.0, delay), next(self._order), callback)
             heapq.heappush(self._timers, timer)
+        with self._armed:
+            self._armed.notify_all()
         return timer
 
     def pending_timers(self) -> int:
         with self._lock:
             return sum(1 for timer in self._timers if not timer.cancelled)
 
+    def wait_for_timers(self, count: int, timeout: float = 10.0) -> bool:
+        """Block until at least ``count`` timers are armed (for tests: the runtime
+        arms timers asynchronously, so advance only once they exist)."""
+        deadline = time.monotonic() + timeout
+        with self._armed:
+            while self.pending_timers() < count:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._armed.wait(remaining)
+            return True
+
     def advance(self, seconds: float) -> int:
         """Move time forward, firing every timer due by then; returns how many fired."""
         if seconds < 0:
             raise ValueError("a clock cannot go backwards")
-        target = self._now + seconds
+        with self._lock:
+            target = self._now + seconds
         fired = 0
         while True:
             with self._lock:
                 if not self._timers or self._timers[0].due > target:
+                    # Under the lock: a timer armed concurrently is either seen
+                    # by this check or armed relative to the new time.
+                    self._now = max(self._now, target)
                     break
                 timer = heapq.heappop(self._timers)
                 self._now = max(self._now, timer.due)
@@ -93,5 +115,4 @@ class ManualClock:
                 timer.callback()
             else:
                 self._run_on_hub(timer.callback)
-        self._now = target
         return fired

@@ -18,6 +18,10 @@ import runtime
 from runtime.api import Runtime
 
 
+# A stuck actor should fail the test quickly, not hold it for the runtime's default.
+STOP_TIMEOUT_SECONDS = 5.0
+
+
 @pytest.fixture
 def ensemble_backends() -> Mapping[str, Any]:
     """Backends for ``ensemble_runtime``; override it to script instruments."""
@@ -33,7 +37,7 @@ def ensemble_runtime(tmp_path: Path, ensemble_backends: Mapping[str, Any]) -> It
     try:
         yield rt
     finally:
-        rt.stop()
+        rt.stop(timeout=STOP_TIMEOUT_SECONDS)
         left = rt.alive_actors()
         if left:
             pytest.fail(f"{left} Ensemble actor(s) still running after the runtime stopped")

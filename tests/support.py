@@ -1,0 +1,183 @@
+"""Helpers shared by Ensemble's own tests (imported as ``support``).
+
+``score_dict`` builds score mappings with fast defaults (no retry delay, no
+pacing); ``EventLog`` collects observer events and lets a test wait for them;
+``TimerClock`` is a ManualClock that tells a test when timers have been armed,
+so ``advance`` never races the runtime; ``wait_until`` waits for a condition
+that nothing signals (a file a child process writes).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+import runtime
+from runtime.clock import ManualClock, TimerHandle
+from runtime.events import Event
+from runtime.score import Score
+
+WAIT_SECONDS = 20.0
+
+
+def score_dict(
+    workspace: str | Path,
+    *,
+    name: str = "job",
+    sheets: int = 3,
+    size: int = 1,
+    dependencies: Mapping[int, list[int]] | None = None,
+    independent: bool = False,
+    instrument: str | None = "mock",
+    template: str = "sheet {{ sheet_num }}",
+    max_retries: int = 3,
+    retry_delay: float = 0.0,
+    max_concurrent: int | None = 10,
+    timeout_seconds: float | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A score mapping with fast defaults.
+
+    ``max_concurrent=None`` disables ``parallel``. ``independent=True`` declares
+    ``dependencies: {1: []}``: with a dependency map, sheets missing from it
+    have no dependencies (S3), so every sheet is independent whatever the
+    no-map default is. ``extra`` keys are merged in last (nested dicts merged).
+    """
+    score: dict[str, Any] = {
+        "name": name,
+        "workspace": str(workspace),
+        "sheet": {"size": size, "total_items": sheets * size},
+        "prompt": {"template": template},
+        "retry": {
+            "max_retries": max_retries,
+            "base_delay_seconds": retry_delay,
+            "max_delay_seconds": max(retry_delay, 1.0),
+            "jitter": False,
+        },
+        "parallel": (
+            {"enabled": True, "max_concurrent": max_concurrent}
+            if max_concurrent is not None
+            else {"enabled": False}
+        ),
+    }
+    if instrument is not None:
+        score["instrument"] = instrument
+    if "pause_between_sheets_seconds" in Score.model_fields:
+        score["pause_between_sheets_seconds"] = 0
+    if independent:
+        score["sheet"]["dependencies"] = {1: []}
+    if dependencies is not None:
+        score["sheet"]["dependencies"] = {key: list(value) for key, value in dependencies.items()}
+    if timeout_seconds is not None:
+        score["backend"] = {"timeout_seconds": timeout_seconds}
+    _merge(score, extra)
+    return score
+
+
+def _merge(target: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
+
+
+class ScoreFactory(Protocol):
+    def __call__(self, **overrides: Any) -> dict[str, Any]: ...
+
+
+class RuntimeFactory(Protocol):
+    def __call__(
+        self,
+        backends: Mapping[str, Any] | None = None,
+        *,
+        max_concurrent_sheets: int = 10,
+        clock: Any = None,
+        state_dir: Path | None = None,
+    ) -> runtime.Runtime: ...
+
+
+class EventLog:
+    """Collects observer events from ``Runtime.subscribe``; thread-safe."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._events: list[Event] = []
+
+    def __call__(self, event: Event) -> None:
+        with self._condition:
+            self._events.append(event)
+            self._condition.notify_all()
+
+    @property
+    def events(self) -> list[Event]:
+        with self._condition:
+            return list(self._events)
+
+    def names(self, job_id: str | None = None, sheet_num: int | None = None) -> list[str]:
+        return [
+            event.event
+            for event in self.events
+            if (job_id is None or event.job_id == job_id)
+            and (sheet_num is None or event.sheet_num == sheet_num)
+        ]
+
+    def wait_for(
+        self, predicate: Callable[[list[Event]], bool], timeout: float = WAIT_SECONDS
+    ) -> list[Event]:
+        """Block until ``predicate(events)`` holds; fail the test after ``timeout``."""
+        with self._condition:
+            if not self._condition.wait_for(lambda: predicate(self._events), timeout):
+                pytest.fail(f"events never matched; got {[e.event for e in self._events]}")
+            return list(self._events)
+
+    def wait_for_count(
+        self, name: str, count: int, job_id: str | None = None, timeout: float = WAIT_SECONDS
+    ) -> list[Event]:
+        return self.wait_for(
+            lambda events: (
+                sum(1 for e in events if e.event == name and (job_id is None or e.job_id == job_id))
+                >= count
+            ),
+            timeout,
+        )
+
+
+class TimerClock(ManualClock):
+    """A ManualClock that lets a test wait until timers have been armed.
+
+    Backends and jobs arm their timers on the hub after a request was recorded
+    or an event published; advancing before that would skip them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._armed = threading.Condition()
+        self.armed = 0
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
+        handle = super().call_later(delay, callback)
+        with self._armed:
+            self.armed += 1
+            self._armed.notify_all()
+        return handle
+
+    def wait_for_pending(self, count: int, timeout: float = WAIT_SECONDS) -> None:
+        """Block until at least ``count`` uncancelled timers are waiting."""
+        with self._armed:
+            if not self._armed.wait_for(lambda: self.pending_timers() >= count, timeout):
+                pytest.fail(f"only {self.pending_timers()} timer(s) armed, expected {count}")
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT_SECONDS) -> None:
+    """Wait for a condition nothing signals (a file written by a child process)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout:g} s")
+        time.sleep(0.02)
