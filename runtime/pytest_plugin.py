@@ -17,7 +17,6 @@ import pytest
 import runtime
 from runtime.api import Runtime
 
-
 # A stuck actor should fail the test quickly, not hold it for the runtime's default.
 STOP_TIMEOUT_SECONDS = 5.0
 
@@ -32,7 +31,10 @@ def ensemble_backends() -> Mapping[str, Any]:
 def ensemble_runtime(tmp_path: Path, ensemble_backends: Mapping[str, Any]) -> Iterator[Runtime]:
     """A started runtime on ``tmp_path / "state"``; stopped after the test."""
     rt = runtime.start(
-        tmp_path / "state", backends=ensemble_backends, max_concurrent_sheets=10, durability="process"
+        tmp_path / "state",
+        backends=ensemble_backends,
+        max_concurrent_sheets=10,
+        durability="process",
     )
     try:
         yield rt
