@@ -21,6 +21,7 @@ limit), S23 (pacing), S24 (cost), S25-S28 (job control and final status).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,7 +30,7 @@ from runtime import events as ev
 from runtime.events import Event
 from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import Plan
-from runtime.policy import Policy
+from runtime.policy import Policy, policy_from_score
 from runtime.state import (
     FINAL_JOB_STATUSES,
     JobProgress,
@@ -159,7 +160,11 @@ def new_job(
     sheets = [SheetState(num=sheet.num) for sheet in plan.sheets]
     for sheet in sheets:
         sheet.unmet_dependencies = len(plan.dependencies.get(sheet.num, ()))
-    state = JobState(job_id=job_id, plan=plan, sheets=sheets, policy=policy or Policy())
+    # Without an explicit policy the plan's own settings apply (its retry,
+    # rate_limit, circuit_breaker, cost_limits and pacing), never bare defaults.
+    if policy is None:
+        policy = policy_from_score(plan)
+    state = JobState(job_id=job_id, plan=plan, sheets=sheets, policy=policy)
     state.counts[SheetStatus.PENDING] = len(sheets)
     if seed is not None:
         state.rng.seed(seed)
@@ -188,18 +193,34 @@ def on_leases_granted(
 ) -> None:
     """A lease per sheet: the sheet is dispatched and its next attempt starts (rule 3)."""
     blocked = _dispatch_blocked(state, now)
+    given_back: list[int] = []
     for sheet_num, lease in grants:
         if sheet_num not in state.lease_requested:
             fx.released_leases.append((lease, None))
             continue
-        state.lease_requested.discard(sheet_num)
         sheet = state.sheet(sheet_num)
+        if _lease_key(lease) not in (None, current_instrument(state, sheet)):
+            # A stale grant for a request made before the sheet moved to a
+            # fallback instrument (a pause withdrew it while the grant was on
+            # its way): running on it would bypass the instrument's breaker.
+            # The request for the current instrument is still queued.
+            fx.released_leases.append((lease, None))
+            continue
+        state.lease_requested.discard(sheet_num)
         if blocked or sheet.status not in (SheetStatus.READY, SheetStatus.WAITING):
             fx.released_leases.append((lease, None))
             if sheet.status in (SheetStatus.READY, SheetStatus.WAITING):
-                state.ready_queue.appendleft(sheet_num)
+                given_back.append(sheet_num)
             continue
         _dispatch(state, sheet, lease, now, fx)
+    # Back to the front of the queue in their order (S22: FIFO within a job).
+    state.ready_queue.extendleft(reversed(given_back))
+
+
+def _lease_key(lease: Any) -> tuple[str, str | None] | None:
+    """The (instrument, model) a lease is for, when the lease says (pool leases do)."""
+    instrument = getattr(lease, "instrument", None)
+    return None if instrument is None else (instrument, getattr(lease, "model", None))
 
 
 def _dispatch(state: JobState, sheet: SheetState, lease: Any, now: float, fx: Effects) -> None:
@@ -217,7 +238,8 @@ def _dispatch(state: JobState, sheet: SheetState, lease: Any, now: float, fx: Ef
             lease=lease,
             instrument=instrument,
             model=model,
-            retry_number=sheet.retries_used,
+            # A completion attempt is not a retry: its prompt gets the completion note.
+            retry_number=0 if completion else sheet.retries_used,
             completion=completion,
             validations=sheet.validations if completion else (),
         )
@@ -240,8 +262,10 @@ def on_leases_refused(
         sheet = state.sheet(sheet_num)
         if sheet.status not in (SheetStatus.READY, SheetStatus.WAITING):
             continue
-        if not _fall_back(state, sheet, reason, now, fx):
-            state.ready_queue.appendleft(sheet_num)
+        _fall_back(state, sheet, reason, now, fx)
+        # Requested sheets left the ready queue: back to its front, on the new
+        # instrument or, without a fallback, to wait for the breaker's trial.
+        state.ready_queue.appendleft(sheet_num)
     _request_leases(state, now, fx)
 
 
@@ -361,11 +385,13 @@ def _partial(
     """S8: completion mode: the next attempt gets the completion note, on the
     completion budget, after the completion delay."""
     retry = state.policy.retry
+    if sheet.completion_attempts >= retry.max_completion_attempts:
+        # The completion budget is spent: from now on a partial result is a
+        # failure and spends a retry (S9); exhaustion comes when those are gone.
+        _attempt_failed(state, sheet, result, now, fx)
+        return
     sheet.last_error = _validation_error(result)
     sheet.error_kind = "partial"
-    if sheet.completion_attempts >= retry.max_completion_attempts:
-        _exhausted(state, sheet, now, fx)
-        return
     sheet.completion_attempts += 1
     sheet.completion_pending = True
     _emit(
@@ -472,8 +498,10 @@ def _fall_back(state: JobState, sheet: SheetState, reason: str, now: float, fx: 
         state, fx, sheet.num, ev.INSTRUMENT_FALLBACK, now,
         from_instrument=previous, to_instrument=chain[sheet.instrument_index], reason=reason,
     )  # fmt: skip
-    if sheet.status is SheetStatus.READY:
-        fx.dirty_sheets.add(sheet.num)
+    if sheet.status in (SheetStatus.READY, SheetStatus.WAITING):
+        # A refused request (S21): the caller puts the sheet back in the queue.
+        sheet.retry_at = None
+        _set_status(state, sheet, SheetStatus.READY, fx)
     else:
         _make_ready(state, sheet, fx)
     return True
@@ -872,7 +900,11 @@ def recover(
         if saved.is_terminal or saved.status is SheetStatus.FERMATA:
             _set_status(state, sheet, saved.status, fx)
             fx.dirty_sheets.discard(sheet.num)
-    state.cost = sum(sheet.cost for sheet in state.sheets)
+    # The stored total is exact; the sheets' sum differs only by float rounding,
+    # unless a torn batch left the job record behind its sheets.
+    total = sum(sheet.cost for sheet in state.sheets)
+    stored = float(job_record.get("cost", total))
+    state.cost = stored if math.isclose(stored, total, rel_tol=1e-9, abs_tol=1e-12) else total
     state.paused_by_user = bool(job_record.get("paused_by_user", False))
     state.paused_for_cost = bool(job_record.get("paused_for_cost", False))
     state.cost_warned = bool(job_record.get("cost_warned", False))
@@ -905,18 +937,25 @@ def recover(
         if saved_status is SheetStatus.RETRY_SCHEDULED and sheet.retry_at is not None:
             _set_status(state, sheet, SheetStatus.RETRY_SCHEDULED, fx)
             fx.timers.append(TimerOrder(sheet.num, sheet.retry_at))
+        elif saved_status is SheetStatus.WAITING and sheet.retry_at is not None:
+            # Still waiting out its rate limit: the block goes back to the pool and
+            # the deadline stays in the checkpoint in case of another crash.
+            _set_status(state, sheet, SheetStatus.WAITING, fx)
+            state.ready_queue.append(sheet.num)
+            if sheet.retry_at > now:
+                instrument, model = current_instrument(state, sheet)
+                fx.blocks.append(BlockOrder(instrument, model, sheet.retry_at))
         elif sheet.unmet_dependencies == 0:
             _make_ready(state, sheet, fx)
-            if saved_status is SheetStatus.WAITING and sheet.retry_at is not None:
-                if sheet.retry_at > now:
-                    instrument, model = current_instrument(state, sheet)
-                    fx.blocks.append(BlockOrder(instrument, model, sheet.retry_at))
-                sheet.retry_at = None
         elif saved_status is not SheetStatus.PENDING:
             fx.dirty_sheets.add(sheet.num)
     state.status = JobStatus.RUNNING
     fx.job_dirty = True
     _emit(state, fx, 0, ev.JOB_RESUMED, now, recovered=True)
+    if job_record.get("cancelling"):
+        # The job was being cancelled (S26): what had not ended is cancelled now.
+        cancel(state, now, fx)
+        return
     _update_pause(state, now, fx)
     _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)

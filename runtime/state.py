@@ -194,6 +194,7 @@ class JobState:
             "paused_for_cost": self.paused_for_cost,
             "paced_until": self.paced_until,
             "cost_warned": self.cost_warned,
+            "cancelling": self.cancelling,
             "cost": self.cost,
         }
 
