@@ -18,9 +18,10 @@ from typing import Any
 from loguru import logger
 from pykka import ActorRef
 
-from actors.base import ActorContext, EnsembleActor, GeventFuture, send
-from actors.sheet import SheetActor
+from actors.base import ActorContext, EnsembleActor, GeventFuture, TaskDone, send
+from actors.sheet import SheetActor, evaluate_skip_command
 from runtime import machine
+from runtime.conditions import SkipVerdict
 from runtime.errors import EnsembleError
 from runtime.events import RUNTIME_ERROR, Event
 from runtime.journal import new_checkpoint
@@ -83,6 +84,7 @@ class JobActor(EnsembleActor):
         self._sheet_by_urn: dict[str, int] = {}
         self._effects = Effects()
         self._held: Effects | None = None  # a batch whose commit failed (storage error)
+        self._skip_checks: dict[int, int] = {}  # task id -> sheet whose skip command runs
         self._replies: list[tuple[Recipient, Reply]] = []  # host commands answered after a flush
         self._flush_scheduled = False
         self._recovered = recovered
@@ -172,6 +174,21 @@ class JobActor(EnsembleActor):
             return super().on_receive(message)
         self._schedule_flush()
         return None
+
+    def on_task_done(self, done: TaskDone) -> None:
+        """S5: a sheet's skip_when_command finished (an error in it runs the sheet)."""
+        sheet_num = self._skip_checks.pop(done.task_id, None)
+        if sheet_num is None:
+            return
+        if done.error is not None:
+            verdict = SkipVerdict(False, f"skip_when_command failed, the sheet runs: {done.error}")
+        else:
+            verdict = done.value
+        machine.on_skip_verdict(
+            self.state, sheet_num, verdict.skip, verdict.reason, self.context.clock.now(),
+            self._effects,
+        )  # fmt: skip
+        self._schedule_flush()
 
     def _command(self, message: JobCommand, now: float) -> None:
         state, fx = self.state, self._effects
@@ -311,8 +328,14 @@ class JobActor(EnsembleActor):
                     retry_number=order.retry_number,
                     completion=order.completion,
                     validations=order.validations,
+                    prior_outputs=order.prior_outputs,
                 )
             )
+        for sheet_num in fx.skip_checks:
+            task_id = self.spawn_task(
+                evaluate_skip_command, state.plan, state.plan.sheet(sheet_num), state.variables
+            )
+            self._skip_checks[task_id] = sheet_num
         now = self.context.clock.now()
         for timer in fx.timers:
             self.context.clock.call_later(

@@ -12,7 +12,8 @@ It never calls back into a job: it only sets the ``done`` future it was given
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,9 +43,8 @@ class _WriteBatch:
 class _OpenJob:
     directory: Path
     journal: BinaryIO
-    checkpoint: dict[str, Any]
+    checkpoint: dict[str, Any]  # as on disk: every record written, none that failed
     records_since_snapshot: int = 0
-    pending: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Persistence(EnsembleActor):
@@ -136,11 +136,21 @@ class Persistence(EnsembleActor):
         directory = self._jobs_dir / message.job_id
         try:
             handle = _in_thread(journal.open_journal, directory)
-            job = _OpenJob(directory, handle, message.checkpoint)
+        except OSError as exc:
+            send(
+                message.reply_to,
+                Reply(
+                    error=PersistenceError(f"cannot reopen the checkpoint in {directory}: {exc}")
+                ),
+            )
+            return
+        job = _OpenJob(directory, handle, message.checkpoint)
+        try:
             # Start from a fresh snapshot: whatever torn or unreadable tail the
             # journal had is gone before anything is appended after it (S30).
             _in_thread(_compact, job)
         except OSError as exc:
+            handle.close()
             send(
                 message.reply_to,
                 Reply(
@@ -168,38 +178,50 @@ class Persistence(EnsembleActor):
         if not self._pending:
             return
         batch, self._pending = self._pending, []
-        touched: dict[str, _OpenJob] = {}
+        writes: dict[str, tuple[_OpenJob, list[dict[str, Any]]]] = {}
         for commit in batch:
             job = self._jobs.get(commit.job_id)
             if job is None:
                 continue
+            _, records = writes.setdefault(commit.job_id, (job, []))
             for record in commit.records:
                 self._seq += 1
                 record["seq"] = self._seq
+                records.append(record)
+        failures: dict[str, OSError] = _in_thread(
+            _write_journals,
+            [(job_id, job.journal, records) for job_id, (job, records) in writes.items()],
+            self._fsync,
+        )
+        # The in-memory checkpoint follows the disk: a restart from it (GetCheckpoint)
+        # or the snapshot written at close never holds what failed to be written.
+        for job_id, (job, records) in writes.items():
+            if job_id in failures:
+                continue
+            for record in records:
                 journal.apply_record(job.checkpoint, record)
-                job.pending.append(record)
-            touched[commit.job_id] = job
-        try:
-            _in_thread(_write_journals, list(touched.values()), self._fsync)
-        except OSError as exc:
-            error = PersistenceError(f"cannot write the journal: {exc}")
-            logger.error("{}", error)
-            for commit in batch:
-                commit.done.set_exception((PersistenceError, error, None))
-            return
+            job.records_since_snapshot += len(records)
         for commit in batch:
-            if commit.job_id in self._jobs:
-                commit.done.set(self._seq)
-            else:
-                commit.done.set_exception(
-                    (
-                        PersistenceError,
-                        PersistenceError(f"job {commit.job_id} has no open journal"),
-                        None,
-                    )
+            job = self._jobs.get(commit.job_id)
+            failure = failures.get(commit.job_id)
+            if job is None:
+                error = PersistenceError(f"job {commit.job_id} has no open journal")
+            elif failure is not None:
+                error = PersistenceError(
+                    f"cannot write the journal {job.directory / journal.JOURNAL_FILE}: "
+                    f"{failure.strerror or failure}"
                 )
-        for job in touched.values():
-            if job.records_since_snapshot >= max(
+            else:
+                commit.done.set(self._seq)
+                continue
+            commit.done.set_exception((PersistenceError, error, None))
+        for job_id, (job, _) in writes.items():
+            if job_id in failures:
+                logger.error(
+                    "cannot write the journal of job {} in {}: {}",
+                    job_id, job.directory, failures[job_id],
+                )  # fmt: skip
+            elif job.records_since_snapshot >= max(
                 self._compact_after, len(job.checkpoint["sheets"])
             ):
                 try:
@@ -213,23 +235,38 @@ def _in_thread(function: Any, *args: Any) -> Any:
 
 
 def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, Any]) -> BinaryIO:
+    """Create a job's folder whole or not at all: it is filled under a hidden
+    temporary name and renamed into place, so a crash in the middle never leaves
+    a folder without a checkpoint that holds the job id but cannot be resumed."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    directory.mkdir()  # FileExistsError: the job id is taken
+    if directory.exists():
+        raise FileExistsError(directory)  # the job id is taken
+    building = Path(tempfile.mkdtemp(prefix=journal.TEMPORARY_PREFIX, dir=directory.parent))
     try:
-        journal.write_atomically(directory / journal.SCORE_FILE, orjson.dumps(score))
-        journal.write_snapshot(directory, checkpoint)
-        return journal.open_journal(directory)
+        journal.write_atomically(building / journal.SCORE_FILE, orjson.dumps(score))
+        journal.write_snapshot(building, checkpoint)
+        building.rename(directory)
+        journal.sync_directory(directory.parent)
     except OSError:
-        shutil.rmtree(directory, ignore_errors=True)
+        shutil.rmtree(building, ignore_errors=True)
         raise
+    return journal.open_journal(directory)
 
 
-def _write_journals(jobs: list[_OpenJob], fsync: bool) -> None:
-    for job in jobs:
-        data = journal.encode_records(job.pending)
-        job.records_since_snapshot += len(job.pending)
-        job.pending.clear()
-        journal.append_and_sync(job.journal, data, fsync=fsync)
+def _write_journals(
+    writes: list[tuple[str, BinaryIO, list[dict[str, Any]]]], fsync: bool
+) -> dict[str, OSError]:
+    """Append each job's records to its journal; the jobs whose write failed.
+
+    One job's full disk or lost permission fails that job's commits only; a
+    failed append leaves nothing behind (``journal.append_and_sync``)."""
+    failures: dict[str, OSError] = {}
+    for job_id, handle, records in writes:
+        try:
+            journal.append_and_sync(handle, journal.encode_records(records), fsync=fsync)
+        except OSError as exc:
+            failures[job_id] = exc
+    return failures
 
 
 def _compact(job: _OpenJob) -> None:

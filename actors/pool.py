@@ -5,7 +5,12 @@ Owns the mapping from instrument to backend actor and carries out what
 and per-model limits, round-robin between jobs), instrument-wide rate-limit
 blocks across jobs with a timer for their end, and circuit breakers with their
 recovery timer. Grants and refusals go to the job that asked, in one message
-per job per pass; instrument-wide events go to the bus with an empty job id.
+per job per pass.
+
+Instrument-wide events (``rate_limit.cleared``, ``circuit.opened``,
+``circuit.closed``) describe an instrument, not a job: each is published once,
+with job id "" and sheet 0, and names in ``data["jobs"]`` the jobs that had
+requests waiting for, or attempts running on, that instrument (S34).
 """
 
 from __future__ import annotations
@@ -122,12 +127,13 @@ class BackendPool(EnsembleActor):
             grant, change = self._table.release(lease_id, succeeded, self._policy_of(lease_id), now)
             if grant is None or change is None:
                 continue
+            jobs = sorted({grant.job_id, *self._table.jobs_on(grant.instrument)})
             if change is BreakerState.OPEN:
-                self._publish(ev.CIRCUIT_OPENED, now, instrument=grant.instrument)
+                self._publish(ev.CIRCUIT_OPENED, now, instrument=grant.instrument, jobs=jobs)
                 self._refuse_fallback_requests(grant.instrument)
                 self._arm_wake(now)
             else:
-                self._publish(ev.CIRCUIT_CLOSED, now, instrument=grant.instrument)
+                self._publish(ev.CIRCUIT_CLOSED, now, instrument=grant.instrument, jobs=jobs)
 
     def _policy_of(self, lease_id: int) -> BreakerPolicy:
         grant = self._table.holder(lease_id)
@@ -174,8 +180,9 @@ class BackendPool(EnsembleActor):
     def _announce_cleared(self, keys: list[Key], now: float, *, manual: bool) -> None:
         for instrument, model in keys:
             self._publish(
-                ev.RATE_LIMIT_CLEARED, now, instrument=instrument, model=model, manual=manual
-            )
+                ev.RATE_LIMIT_CLEARED, now, instrument=instrument, model=model, manual=manual,
+                jobs=self._table.jobs_on(instrument, model),
+            )  # fmt: skip
 
     def _publish(self, name: str, now: float, **data: Any) -> None:
         send(self._bus, Publish((Event("", 0, name, now, data),)))

@@ -1,9 +1,12 @@
 """The Supervisor actor: one per runtime, parent of every JobActor.
 
-Owns job ids, spawning a JobActor per submitted score, routing host commands to
-the right job, and the end of every job: a finished job's result, or a crashed
-JobActor turned into a failed result, is handed to the host's waiter after the
-job's last events were delivered. It holds no job state of its own.
+Owns job ids, spawning a JobActor per submitted or recovered score, routing host
+commands to the right job, supervision (a crashed JobActor is restarted from the
+checkpoint Persistence holds, with a ``runtime.error`` event and a log line; host
+commands wait for the new actor; after ``MAX_RESTARTS`` the job ends failed, in
+its result and its checkpoint), and the end of every job: its result is handed
+to the host's waiter after the job's last events were delivered. It holds no
+job state of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from loguru import logger
 from pykka import ActorRef
 
-from actors.base import ActorContext, EnsembleActor, send
+from actors.base import ActorContext, EnsembleActor, GeventFuture, send
 from actors.bus import Notify
 from actors.job import JobActor
 from runtime import journal, machine
@@ -25,6 +28,8 @@ from runtime.errors import ConfigError, JobExistsError, JobNotFoundError
 from runtime.events import JOB_FAILED, RUNTIME_ERROR, Event
 from runtime.messages import (
     ChildFailed,
+    CloseJobFiles,
+    Commit,
     GetCheckpoint,
     JobCommand,
     JobFinished,
@@ -38,7 +43,7 @@ from runtime.messages import (
 )
 from runtime.plan import Plan
 from runtime.policy import Policy
-from runtime.state import JobResult, JobStatus
+from runtime.state import JobResult, JobStatus, SheetResult, SheetState
 
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -83,6 +88,8 @@ class Supervisor(EnsembleActor):
         self._results: dict[str, JobResult] = {}
         self._specs: dict[str, _JobSpec] = {}
         self._restarts: dict[str, int] = {}
+        self._errors: dict[str, str] = {}  # the crash a job is being restarted after
+        self._restarting: dict[str, list[JobCommand]] = {}  # commands held meanwhile
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, SubmitJob):
@@ -130,7 +137,7 @@ class Supervisor(EnsembleActor):
 
     def _recover(self, message: RecoverJob) -> None:
         job_id = str(message.checkpoint["job_id"])
-        if job_id in self._jobs:
+        if job_id in self._jobs or job_id in self._restarting:
             send(
                 message.reply_to, Reply(error=JobExistsError(f"job '{job_id}' is already running"))
             )
@@ -150,7 +157,9 @@ class Supervisor(EnsembleActor):
         ref = JobActor.start(
             self.context,
             supervisor=self.actor_ref,
-            state=machine.new_job(job_id, spec.plan, spec.policy),
+            state=machine.new_job(
+                job_id, spec.plan, spec.policy, variables=spec.template.user_variables
+            ),
             template=spec.template,
             score_document=spec.score_document,
             pool=self._pool,
@@ -175,6 +184,10 @@ class Supervisor(EnsembleActor):
         return candidate
 
     def _command(self, message: JobCommand) -> None:
+        held = self._restarting.get(message.job_id)
+        if held is not None:
+            held.append(message)
+            return
         ref = self._jobs.get(message.job_id)
         if ref is not None:
             if not send(ref, message):
@@ -194,6 +207,8 @@ class Supervisor(EnsembleActor):
         ref = self._jobs.pop(job_id, None)
         if ref is not None:
             self._job_by_urn.pop(ref.actor_urn, None)
+        self._specs.pop(job_id, None)
+        self._restarts.pop(job_id, None)
         if result is None:
             return  # the job was refused at creation; the submitter was told why
         self._results[job_id] = result
@@ -206,29 +221,44 @@ class Supervisor(EnsembleActor):
         if job_id is None:
             return
         self._jobs.pop(job_id, None)
+        # Host commands that arrive before the new actor exists wait for it.
+        self._restarting.setdefault(job_id, [])
         # Its attempts died with it (the sheets stop with their job): free their leases.
         send(self._pool, ReleaseJob(job_id))
         restarts = self._restarts.get(job_id, 0) + 1
         self._restarts[job_id] = restarts
         now = self.context.clock.now()
-        if restarts > MAX_RESTARTS:
-            self._give_up(job_id, f"{message.error} (crashed {restarts} times)", now)
-            return
-        logger.error(
-            "job {} crashed ({}); restarting it from its checkpoint ({} of {})",
-            job_id, message.error, restarts, MAX_RESTARTS,
-        )  # fmt: skip
-        send(self._bus, Publish((Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error}),)))
+        if restarts <= MAX_RESTARTS:
+            logger.error(
+                "job {} crashed ({}); restarting it from its checkpoint ({} of {})",
+                job_id, message.error, restarts, MAX_RESTARTS,
+            )  # fmt: skip
+            event = Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error,
+                                                           "restart": restarts})  # fmt: skip
+            send(self._bus, Publish((event,)))
+        self._errors[job_id] = message.error
+        # The checkpoint as committed so far: to restart from, or to report from.
         send(self._persistence, GetCheckpoint(job_id, _Tagged(self.actor_ref, job_id)))
 
     def _restart(self, job_id: str, reply: Reply) -> None:
         spec = self._specs.get(job_id)
+        now = self.context.clock.now()
+        error = self._errors.pop(job_id, "crashed")
+        restarts = self._restarts.get(job_id, 0)
         if spec is None or reply.error is not None:
-            self._give_up(job_id, f"cannot restart: {reply.error}", self.context.clock.now())
-            return
-        self._spawn(job_id, spec, None, recovered=reply.value)
+            self._give_up(job_id, f"{error}; cannot restart it: {reply.error}", None, now)
+        elif restarts > MAX_RESTARTS:
+            self._give_up(job_id, f"{error} (crashed {restarts} times)", reply.value, now)
+        else:
+            self._spawn(job_id, spec, None, recovered=reply.value)
+        for command in self._restarting.pop(job_id, []):
+            self._command(command)
 
-    def _give_up(self, job_id: str, error: str, now: float) -> None:
+    def _give_up(
+        self, job_id: str, error: str, checkpoint: dict[str, Any] | None, now: float
+    ) -> None:
+        """End a job that keeps crashing: failed, in its result and in its checkpoint,
+        so that neither a waiter nor a later recovery is left expecting more."""
         logger.error("job {} stopped: {}", job_id, error)
         send(
             self._bus,
@@ -237,7 +267,33 @@ class Supervisor(EnsembleActor):
                 Event(job_id, 0, JOB_FAILED, now, {"error": error}),
             )),
         )  # fmt: skip
-        self._finished(job_id, JobResult(job_id, JobStatus.FAILED, 0.0, {}, error=error))
+        result = JobResult(job_id, JobStatus.FAILED, 0.0, {}, error=error)
+        if checkpoint is not None:
+            result = _result_from_checkpoint(job_id, checkpoint, error)
+            record = {"kind": "job", "status": JobStatus.FAILED.value, "error": error}
+            send(self._persistence, Commit(job_id, (record,), GeventFuture()))
+            send(self._persistence, CloseJobFiles(job_id))
+        self._finished(job_id, result)
+
+
+def _result_from_checkpoint(job_id: str, checkpoint: dict[str, Any], error: str) -> JobResult:
+    sheets = {}
+    for record in checkpoint.get("sheets", ()):
+        try:
+            sheet = SheetState.from_record(record)
+        except (KeyError, TypeError, ValueError):
+            continue
+        sheets[sheet.num] = SheetResult(
+            sheet.num, sheet.status, sheet.attempts, sheet.cost, sheet.last_error, sheet.error_kind
+        )
+    return JobResult(
+        job_id,
+        JobStatus.FAILED,
+        float(checkpoint.get("cost", 0.0)),
+        sheets,
+        error=error,
+        name=str(checkpoint.get("name", "")),
+    )
 
 
 MAX_RESTARTS = 3

@@ -3,11 +3,13 @@
 A job of ``--sheets`` sheets on the built-in ``cli`` instrument runs in a child
 process. Each sheet appends "<sheet> <attempt>" to a ledger file. The parent
 kills the child with SIGKILL at random moments (during attempts and during
-commits alike), reads the checkpoint the child left, and starts the child again
-with recovery, until the job completes. Then it checks the ledger against the
+commits alike, and one time in four while the restarted child recovers), reads
+the checkpoint the child left, and starts the child again with recovery, until
+the job completes. Then it checks the ledger against the
 checkpoints and prints one JSON line:
 
-    {"sheets", "kills", "lost", "reruns_of_completed", "reruns_in_flight", "counters_exact"}
+    {"sheets", "kills", "kills_in_recovery", "lost", "reruns_of_completed",
+     "reruns_in_flight", "counters_exact", "seed"}
 
 - lost: sheets that were completed in one checkpoint and not in a later one, or
   that are not completed at the end.
@@ -26,6 +28,7 @@ Exits 1 if anything was lost or a completed sheet ran again.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -45,8 +48,7 @@ def build_score(sheets: int, workspace: Path, ledger: Path) -> dict[str, Any]:
     # Ten interleaved chains: sheet n waits for n-10, so dependencies matter.
     dependencies = {n: [n - 10] for n in range(11, sheets + 1)}
     command = (
-        'sleep 0.0$(( RANDOM % 9 )); '
-        f'echo "{{{{ sheet_num }}}} $ENSEMBLE_ATTEMPT" >> {ledger}'
+        f'sleep 0.0$(( RANDOM % 9 )); echo "{{{{ sheet_num }}}} $ENSEMBLE_ATTEMPT" >> {ledger}'
     )
     return {
         "name": JOB_ID,
@@ -64,6 +66,8 @@ def run_child(state_dir: Path, score_path: Path) -> int:
     """The child: start (or recover) the job and run it to the end."""
     import runtime
 
+    # Tell the parent the imports are done: an "early" kill lands in the recovery.
+    (score_path.parent / f"booted-{os.getpid()}").touch()
     with runtime.start(state_dir, max_concurrent_sheets=8, recover=True) as rt:
         if rt.recovery_errors:
             print("\n".join(rt.recovery_errors), file=sys.stderr)
@@ -121,10 +125,8 @@ def kill_orphans(marker: str) -> None:
                 continue
             if marker.encode() in cmdline:
                 found = True
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
         if not found:
             return
         time.sleep(0.02)
@@ -142,24 +144,37 @@ def torture(sheets: int, kills: int, seed: int) -> dict[str, Any]:
         ever_completed: set[int] = set()
         lost: set[int] = set()
         reruns_of_completed = 0
-        kills_done = 0
+        kills_done = early_kills = 0
         while True:
             ledger_before = len(read_ledger(ledger))
             completed_before = completed_sheets(read_checkpoint(state_dir))
-            log = (root / "child.log").open("wb")
-            child = subprocess.Popen(command, env=env, stderr=log)
-            if kills_done < kills:
-                started = root / f"started-{child.pid}"
-                while child.poll() is None and not started.exists():
-                    time.sleep(0.01)
+            with (root / "child.log").open("wb") as log:
+                child = subprocess.Popen(command, env=env, stderr=log)
                 try:
-                    child.wait(timeout=rng.uniform(0.0, 0.3))
+                    if kills_done < kills:
+                        # Most kills land in the work; one in four in the recovery
+                        # and the first commits of the restarted runtime.
+                        early = rng.random() < 0.25
+                        marker = root / f"{'booted' if early else 'started'}-{child.pid}"
+                        while child.poll() is None and not marker.exists():
+                            time.sleep(0.01)
+                        window = rng.uniform(0.0, 0.15) if early else rng.uniform(0.0, 0.3)
+                        try:
+                            child.wait(timeout=window)
+                        except subprocess.TimeoutExpired:
+                            child.send_signal(signal.SIGKILL)
+                            kills_done += 1
+                            early_kills += early
+                        child.wait()
+                    else:
+                        child.wait(timeout=CHILD_TIMEOUT_SECONDS)
                 except subprocess.TimeoutExpired:
-                    child.send_signal(signal.SIGKILL)
-                    kills_done += 1
-                child.wait()
-            else:
-                child.wait(timeout=CHILD_TIMEOUT_SECONDS)
+                    child.kill()
+                    child.wait()
+                    raise SystemExit(
+                        f"the runtime did not finish the job within {CHILD_TIMEOUT_SECONDS:g} s:\n"
+                        + (root / "child.log").read_text(errors="replace")[-2000:]
+                    ) from None
             kill_orphans(str(ledger))
             checkpoint = read_checkpoint(state_dir)
             completed_now = completed_sheets(checkpoint)
@@ -189,6 +204,7 @@ def torture(sheets: int, kills: int, seed: int) -> dict[str, Any]:
         return {
             "sheets": sheets,
             "kills": kills_done,
+            "kills_in_recovery": early_kills,
             "lost": len(lost),
             "reruns_of_completed": reruns_of_completed,
             "reruns_in_flight": sum(1 for attempts in runs.values() if len(attempts) > 1),

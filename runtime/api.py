@@ -32,6 +32,7 @@ from runtime import journal
 from runtime.clock import Clock, ManualClock
 from runtime.errors import (
     CallTimeoutError,
+    ConfigError,
     EnsembleError,
     JobNotFoundError,
     PersistenceError,
@@ -48,11 +49,11 @@ from runtime.messages import (
     Subscribe,
     Unsubscribe,
 )
-from runtime.plan import build_plan
+from runtime.plan import Plan, build_plan
 from runtime.policy import policy_from_score
 from runtime.prompts import PromptTemplate
 from runtime.score import Score, load_score
-from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult
+from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult, SheetState
 
 DEFAULT_CALL_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
@@ -175,7 +176,11 @@ class Runtime:
             self._hub.stop()
             raise
         if recover:
-            self.recovered = self.recover()
+            try:
+                self.recovered = self.recover()
+            except BaseException:
+                self.stop()
+                raise
 
     def _start_actors(self, max_concurrent_sheets: int, fsync: bool) -> None:
         context = self._context
@@ -239,18 +244,7 @@ class Runtime:
             self_healing=self.self_healing if self_healing is None else self_healing,
             escalation=self.escalation if escalation is None else escalation,
         )
-        needed = set(plan.instruments)
-        for sheet in plan.sheets:
-            needed.update(getattr(sheet, "fallbacks", ()))
-        missing = sorted(needed - self._backend_specs.keys())
-        if missing:
-            known = ", ".join(sorted(self._backend_specs)) or "none"
-            raise UnknownInstrumentError(
-                f"no backend for instrument {', '.join(repr(m) for m in missing)} "
-                f"(this runtime has: {known}); pass one in runtime.start(backends=...) "
-                "or set the score's 'instrument'",
-                key_path="instrument",
-            )
+        self._check_instruments(plan)
         box = _ReplyBox()
         self._supervisor.tell(SubmitJob(loaded, plan, policy, template, job_id, box))
         new_id: str = box.wait(timeout, "submit")
@@ -261,8 +255,11 @@ class Runtime:
         self, job_ids: Iterable[str] | None = None, timeout: float = DEFAULT_CALL_TIMEOUT
     ) -> list[JobHandle]:
         """S29: resume unfinished jobs of the state directory from their checkpoints
-        (all of them, or those named). A job that cannot be read is skipped and
-        its error, naming the file, added to ``recovery_errors``."""
+        (all of them, or those named); returns their handles. Finished jobs and
+        jobs this runtime is already running are left alone. A job that cannot
+        be read is skipped and its error, naming the file, added to
+        ``recovery_errors``. Raises ``JobNotFoundError`` for a named job that is
+        not in the state directory."""
         self._check_running()
         job_dirs = journal.list_job_dirs(self.state_dir)
         if job_ids is not None:
@@ -274,11 +271,17 @@ class Runtime:
                     f"in {self.state_dir}"
                 )
             job_dirs = [job_dir for job_dir in job_dirs if job_dir.name in wanted]
+        with self._lock:
+            running_here = {
+                job_id for job_id, waiter in self._waiters.items() if not waiter.event.is_set()
+            }
         handles: list[JobHandle] = []
         for job_dir in job_dirs:
+            if job_dir.name in running_here:
+                continue
             try:
                 handle = self._recover_one(job_dir, timeout)
-            except EnsembleError as exc:
+            except (EnsembleError, OSError) as exc:
                 message = f"job {job_dir.name} was not resumed: {exc}"
                 logger.error(message)
                 self.recovery_errors.append(message)
@@ -292,13 +295,28 @@ class Runtime:
         checkpoint = loaded.checkpoint
         if checkpoint.get("status") in {status.value for status in FINAL_JOB_STATUSES}:
             return None
-        score = load_score(loaded.score)
-        plan = build_plan(score)
+        snapshot_path = job_dir / journal.SNAPSHOT_FILE
+        try:
+            score = load_score(loaded.score)
+            plan = build_plan(score)
+        except ConfigError as exc:
+            raise PersistenceError(
+                f"the stored score {job_dir / journal.SCORE_FILE} cannot be planned: {exc}"
+            ) from None
         if plan.total_sheets != len(checkpoint["sheets"]):
             raise PersistenceError(
-                f"{job_dir / journal.SNAPSHOT_FILE} has {len(checkpoint['sheets'])} sheets but "
+                f"{snapshot_path} has {len(checkpoint['sheets'])} sheets but "
                 f"its score plans {plan.total_sheets}; the stored score was changed"
             )
+        try:
+            for record in checkpoint["sheets"]:
+                SheetState.from_record(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PersistenceError(
+                f"corrupt checkpoint {snapshot_path} (or its journal): a sheet record "
+                f"cannot be read ({type(exc).__name__}: {exc})"
+            ) from None
+        self._check_instruments(plan)
         options = checkpoint.get("options", {})
         policy = policy_from_score(
             score,
@@ -311,6 +329,21 @@ class Runtime:
         job_id: str = box.wait(timeout, f"recover {job_dir.name}")
         self._waiter(job_id)
         return JobHandle(self, job_id)
+
+    def _check_instruments(self, plan: Plan) -> None:
+        """Every instrument a plan's sheets may run on has a backend here."""
+        needed = set(plan.instruments)
+        for sheet in plan.sheets:
+            needed.update(getattr(sheet, "fallbacks", ()))
+        missing = sorted(needed - self._backend_specs.keys())
+        if missing:
+            known = ", ".join(sorted(self._backend_specs)) or "none"
+            raise UnknownInstrumentError(
+                f"no backend for instrument {', '.join(repr(m) for m in missing)} "
+                f"(this runtime has: {known}); pass one in runtime.start(backends=...) "
+                "or set the score's 'instrument'",
+                key_path="instrument",
+            )
 
     def job(self, job_id: str) -> JobHandle:
         """A handle to a job this runtime knows."""

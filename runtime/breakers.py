@@ -21,40 +21,59 @@ class BreakerState(StrEnum):
 
 @dataclass(slots=True)
 class CircuitBreaker:
+    """``trial_lease`` is the lease of the one trial attempt while half-open."""
+
     instrument: str
     state: BreakerState = BreakerState.CLOSED
     consecutive_failures: int = 0
     open_until: float = 0.0
-    trial_running: bool = False
+    trial_lease: int | None = None
+
+    @property
+    def trial_running(self) -> bool:
+        return self.trial_lease is not None
 
     def allows(self, now: float) -> bool:
         """May a lease be granted now? An open breaker past its timeout turns half-open."""
         if self.state is BreakerState.OPEN and now >= self.open_until:
             self.state = BreakerState.HALF_OPEN
-            self.trial_running = False
+            self.trial_lease = None
         if self.state is BreakerState.CLOSED:
             return True
-        return self.state is BreakerState.HALF_OPEN and not self.trial_running
+        return self.state is BreakerState.HALF_OPEN and self.trial_lease is None
 
     def is_open(self, now: float) -> bool:
         return self.state is BreakerState.OPEN and now < self.open_until
 
-    def granted(self) -> None:
+    def granted(self, lease_id: int) -> None:
         if self.state is BreakerState.HALF_OPEN:
-            self.trial_running = True
+            self.trial_lease = lease_id
 
-    def record(self, succeeded: bool, policy: BreakerPolicy, now: float) -> BreakerState | None:
-        """Apply one execution outcome; returns the new state when it changed to
-        open or closed. Outcomes of attempts that ran while it was open are ignored."""
-        if self.state is BreakerState.OPEN:
-            return None
+    def record(
+        self, lease_id: int, succeeded: bool | None, policy: BreakerPolicy, now: float
+    ) -> BreakerState | None:
+        """Apply the outcome of the attempt that held ``lease_id``: True or False
+        for an execution that succeeded or failed, None when it says nothing about
+        the instrument (a rate limit, an authentication failure, a lease given
+        back unused). Returns the new state when it changed to open or closed.
+
+        While half-open only the trial speaks: outcomes of attempts started
+        before the breaker opened are ignored, and a trial that said nothing
+        makes room for another trial instead of holding the breaker half-open
+        for ever. Outcomes that arrive while it is open are ignored too."""
         if self.state is BreakerState.HALF_OPEN:
-            self.trial_running = False
+            if lease_id != self.trial_lease:
+                return None
+            self.trial_lease = None
+            if succeeded is None:
+                return None
             if succeeded:
                 self.state = BreakerState.CLOSED
                 self.consecutive_failures = 0
                 return BreakerState.CLOSED
             return self._open(policy, now)
+        if succeeded is None or self.state is BreakerState.OPEN:
+            return None
         if succeeded:
             self.consecutive_failures = 0
             return None
@@ -66,5 +85,5 @@ class CircuitBreaker:
     def _open(self, policy: BreakerPolicy, now: float) -> BreakerState:
         self.state = BreakerState.OPEN
         self.open_until = now + policy.recovery_timeout_seconds
-        self.trial_running = False
+        self.trial_lease = None
         return BreakerState.OPEN

@@ -1,11 +1,12 @@
 """The ``ensemble`` command: run scores and inspect a state directory.
 
-Owns argument parsing, one function per subcommand (``run``, ``status``; a new
-subcommand is one ``add_*_command`` function listed in ``COMMANDS``, or, when it
-has a parser of its own like ``validate``, one entry in ``DELEGATED_COMMANDS``),
-exit codes and what goes to stdout and stderr. Running goes through the host API
-(``runtime.start``); ``status`` reads checkpoints from disk without starting a
-runtime. How progress looks is ``runtime.progress``; no job logic lives here.
+Owns argument parsing, one function per subcommand (``run``, ``resume``,
+``status``; a new subcommand is one ``add_*_command`` function listed in
+``COMMANDS``, or, when it has a parser of its own like ``validate``, one entry
+in ``DELEGATED_COMMANDS``), exit codes and what goes to stdout and stderr.
+Running goes through the host API (``runtime.start``; ``Runtime.recover`` for
+``resume``); ``status`` reads checkpoints from disk without starting a runtime.
+How progress looks is ``runtime.progress``; no job logic lives here.
 
 Exit codes: 0 success, 1 a job did not complete (or a checkpoint is
 unreadable), 2 invalid usage or an invalid score, 130 interrupted.
@@ -32,7 +33,7 @@ from rich.console import Console
 
 import runtime
 from runtime import journal
-from runtime.errors import ConfigError, EnsembleError
+from runtime.errors import ConfigError, EnsembleError, JobNotFoundError
 from runtime.events import Event
 from runtime.plan import build_plan
 from runtime.progress import (
@@ -222,6 +223,36 @@ def _run_on(
     live: bool,
     quiet: bool,
 ) -> int:
+    def submit_all(handles: list[runtime.JobHandle]) -> int | None:
+        for loaded in scores:
+            try:
+                handles.append(rt.submit(loaded.score))
+            except ConfigError as exc:
+                _error(_describe_config_error(loaded.path, exc))
+                for handle in handles:
+                    handle.cancel()
+                return EXIT_USAGE
+        return None
+
+    return _drive(rt, submit_all, console, live=live, quiet=quiet, verb="Running")
+
+
+# Starts the jobs to watch, appending each handle as soon as it exists (so an
+# interrupt can name them); returns an exit code to end with instead of watching.
+JobStarter = Callable[[list["runtime.JobHandle"]], "int | None"]
+
+
+def _drive(
+    rt: runtime.Runtime,
+    start_jobs: JobStarter,
+    console: Console,
+    *,
+    live: bool,
+    quiet: bool,
+    verb: str,
+) -> int:
+    """Start jobs on ``rt``, show their progress until every one is final, print
+    the summary and stop the runtime. 0 only if every job completed."""
     changed = threading.Event()
     inbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
 
@@ -232,27 +263,23 @@ def _run_on(
     handles: list[runtime.JobHandle] = []
     view: ProgressView = QuietView()
     try:
-        rt.subscribe(on_event)  # before submitting, so no event is missed
-        try:
-            for loaded in scores:
-                handles.append(rt.submit(loaded.score))
-        except ConfigError as exc:
-            _error(_describe_config_error(loaded.path, exc))
-            for handle in handles:
-                handle.cancel()
-            return EXIT_USAGE
+        rt.subscribe(on_event)  # before starting jobs, so no event is missed
+        early_exit = start_jobs(handles)
+        if early_exit is not None:
+            return early_exit
         if not quiet:
             names = ", ".join(handle.job_id for handle in handles)
-            console.print(f"Running {len(handles)} job(s): {names} (state in {rt.state_dir})")
+            console.print(f"{verb} {len(handles)} job(s): {names} (state in {rt.state_dir})")
             view = LiveView(console) if live else LineView(sys.stdout)
         results = _watch(handles, view, changed, inbox)
     except KeyboardInterrupt:
         view.close()
         _stop_ignoring_interrupts(rt)
-        ids = ", ".join(handle.job_id for handle in handles) or "none submitted"
+        ids = ", ".join(handle.job_id for handle in handles) or "none started"
         print(
             f"Interrupted: the runtime stopped and the checkpoints are kept in {rt.state_dir}; "
-            f"the jobs ({ids}) can be resumed from there.",
+            f"the jobs ({ids}) can be resumed from there with "
+            f"'ensemble resume --state-dir {rt.state_dir}'.",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -364,6 +391,88 @@ def _write_to_current_stderr(message: Any) -> None:
     sys.stderr.write(str(message))
 
 
+# --- ensemble resume -----------------------------------------------------------------
+
+
+def add_resume_command(subcommands: Any) -> None:
+    parser = subcommands.add_parser(
+        "resume",
+        help="resume unfinished jobs from their checkpoints",
+        description=(
+            "Resume the unfinished jobs of a state directory (all of them, or the ones "
+            "named) from their checkpoints after a crash, a kill or Ctrl-C, and run them "
+            "to the end with the same display as 'run'. Finished sheets are never run "
+            "again. Exits 0 only if every resumed job completed and every checkpoint "
+            "could be read."
+        ),
+    )
+    parser.add_argument(
+        "jobs", nargs="*", metavar="JOB", help="a job id (default: every unfinished job)"
+    )
+    _state_dir_option(parser)
+    parser.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="most sheets running at once, across all jobs (default: 10)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="show no progress, only the final summary"
+    )
+    parser.set_defaults(handler=resume_command)
+
+
+def resume_command(args: argparse.Namespace) -> int:
+    state_dir: Path = args.state_dir
+    wanted: list[str] = list(dict.fromkeys(args.jobs))
+    stored = {directory.name for directory in journal.list_job_dirs(state_dir)}
+    unknown = [job_id for job_id in wanted if job_id not in stored]
+    if unknown:
+        known = ", ".join(sorted(stored)) or "none"
+        _error(
+            f"no job {', '.join(repr(job_id) for job_id in unknown)} in {state_dir} "
+            f"(jobs there: {known}); 'ensemble status --state-dir {state_dir}' lists them"
+        )
+        return EXIT_USAGE
+    if not stored:
+        # Checked before starting a runtime, which would create the directory.
+        print(f"No jobs in {state_dir}; nothing to resume.")
+        return EXIT_OK
+    console = _console(sys.stdout)
+    live = sys.stdout.isatty() and not args.quiet
+    with _warnings_only_on_stderr():
+        try:
+            rt = runtime.start(state_dir, max_concurrent_sheets=args.max_concurrent)
+        except (EnsembleError, OSError) as exc:
+            _error(f"cannot start the runtime in {state_dir}: {exc}")
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print("Interrupted while starting; nothing was resumed.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+
+        def recover(handles: list[runtime.JobHandle]) -> int | None:
+            try:
+                handles.extend(rt.recover(wanted or None))
+            except JobNotFoundError as exc:  # the folder went away meanwhile
+                _error(str(exc))
+                return EXIT_USAGE
+            for problem in rt.recovery_errors:
+                _error(problem)
+            if handles:
+                return None
+            if rt.recovery_errors:
+                return EXIT_FAILED
+            which = "the named jobs are" if wanted else "every job is"
+            print(f"Nothing to resume in {state_dir}: {which} already finished.")
+            return EXIT_OK
+
+        code = _drive(rt, recover, console, live=live, quiet=args.quiet, verb="Resuming")
+    if code == EXIT_OK and rt.recovery_errors:
+        return EXIT_FAILED
+    return code
+
+
 # --- ensemble status ----------------------------------------------------------------
 
 
@@ -406,7 +515,8 @@ def read_stored_jobs(state_dir: Path) -> list[dict[str, Any]]:
     return [
         _stored_job(directory)
         for directory in sorted(jobs_dir.iterdir(), key=lambda path: path.name)
-        if directory.is_dir()
+        # Dot-folders are jobs still being created (or never finished being).
+        if directory.is_dir() and not directory.name.startswith(".")
     ]
 
 
@@ -450,7 +560,11 @@ def _validate(argv: list[str]) -> int:
 
 
 # Subcommands whose arguments this parser defines (one ``add_*`` function each).
-COMMANDS: tuple[Callable[[Any], None], ...] = (add_run_command, add_status_command)
+COMMANDS: tuple[Callable[[Any], None], ...] = (
+    add_run_command,
+    add_resume_command,
+    add_status_command,
+)
 
 # Subcommands with a parser of their own: name -> (help line, main(argv) -> exit code).
 DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {

@@ -69,3 +69,11 @@ class CallTimeoutError(EnsembleError):
 
 class PersistenceError(EnsembleError):
     """The checkpoint could not be written or read."""
+
+
+class ConditionError(ConfigError):
+    """A validation condition or a ``skip_when`` expression cannot be parsed or evaluated."""
+
+
+class ProfileError(ConfigError):
+    """An instrument profile cannot be read or is invalid; names the file and the key."""

@@ -10,6 +10,7 @@ nothing about jobs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,11 +21,14 @@ import orjson
 from loguru import logger
 
 from runtime.errors import PersistenceError
+from runtime.state import JobStatus, SheetStatus
 
 FORMAT_VERSION = 1
 SCORE_FILE = "score.json"
 SNAPSHOT_FILE = "checkpoint.json"
 JOURNAL_FILE = "journal.jsonl"
+# A job folder being created: ignored until it is renamed to its job id.
+TEMPORARY_PREFIX = ".creating-"
 
 
 def jobs_dir(state_dir: Path) -> Path:
@@ -101,12 +105,23 @@ def append_and_sync(handle: BinaryIO, data: bytes, *, fsync: bool) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Temp file, fsync, rename, directory fsync: a reader sees the old or the new file."""
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        # A full disk: give back the space the half-written copy took.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+    sync_directory(path.parent)
+
+
+def sync_directory(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable."""
+    directory = os.open(path, os.O_RDONLY)
     try:
         os.fsync(directory)
     finally:
@@ -130,42 +145,112 @@ def list_job_dirs(state_dir: Path) -> list[Path]:
     root = jobs_dir(state_dir)
     if not root.is_dir():
         return []
-    return sorted(path for path in root.iterdir() if (path / SNAPSHOT_FILE).exists())
+    return sorted(
+        path
+        for path in root.iterdir()
+        if not path.name.startswith(".") and (path / SNAPSHOT_FILE).exists()
+    )
 
 
 def load_checkpoint(job_dir: Path) -> LoadedCheckpoint:
-    """Read the snapshot, replay the journal, ignore a torn or corrupt tail (S30)."""
+    """Read the snapshot, replay the journal, ignore a torn or corrupt tail (S30).
+
+    A snapshot or score that cannot be read, or is not what Ensemble writes, is
+    a ``PersistenceError`` naming the file: never a silent fresh start. In the
+    journal, the first line that is not a record this checkpoint can take (torn
+    by a kill, garbage, a sheet the job does not have) ends the replay with a
+    warning: everything before it is kept, it and everything after it ignored.
+    """
     snapshot_path = job_dir / SNAPSHOT_FILE
-    try:
-        checkpoint = orjson.loads(snapshot_path.read_bytes())
-        score = orjson.loads((job_dir / SCORE_FILE).read_bytes())
-    except FileNotFoundError as exc:
-        raise PersistenceError(f"checkpoint file missing: {exc.filename}") from None
-    except orjson.JSONDecodeError as exc:
+    score_path = job_dir / SCORE_FILE
+    checkpoint = _read_document(snapshot_path, "checkpoint")
+    score = _read_document(score_path, "score")
+    problem = _snapshot_problem(checkpoint)
+    if problem:
         raise PersistenceError(
-            f"corrupt checkpoint {snapshot_path}: {exc}; restore it from a backup or "
+            f"corrupt checkpoint {snapshot_path}: {problem}; restore it from a backup or "
             "remove the job's folder to forget the job"
-        ) from None
-    if not isinstance(checkpoint, dict) or "sheets" not in checkpoint:
-        raise PersistenceError(f"corrupt checkpoint {snapshot_path}: not a checkpoint document")
+        )
     replayed, skipped_tail = 0, False
     journal_path = job_dir / JOURNAL_FILE
-    if journal_path.exists():
-        for number, line in enumerate(journal_path.read_bytes().split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                logger.warning(
-                    "{}: ignoring unreadable journal line {} and everything after it",
-                    journal_path,
-                    number,
-                )
-                skipped_tail = True
-                break
-            if record.get("seq", 0) <= checkpoint["seq"]:
-                continue
-            apply_record(checkpoint, record)
-            replayed += 1
+    try:
+        content = journal_path.read_bytes()
+    except FileNotFoundError:
+        content = b""
+    except OSError as exc:
+        raise PersistenceError(f"cannot read the journal {journal_path}: {exc}") from None
+    for number, line in enumerate(content.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            record = None
+        if not _is_record(record, len(checkpoint["sheets"])):
+            logger.warning(
+                "{}: ignoring unreadable journal line {} and everything after it",
+                journal_path,
+                number,
+            )
+            skipped_tail = True
+            break
+        if record["seq"] <= checkpoint["seq"]:
+            continue
+        apply_record(checkpoint, record)
+        replayed += 1
     return LoadedCheckpoint(checkpoint, score, replayed, skipped_tail)
+
+
+def _read_document(path: Path, what: str) -> dict[str, Any]:
+    try:
+        document = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise PersistenceError(f"{what} file missing: {path}") from None
+    except OSError as exc:
+        raise PersistenceError(f"cannot read the {what} file {path}: {exc}") from None
+    except orjson.JSONDecodeError as exc:
+        raise PersistenceError(
+            f"corrupt {what} {path}: {exc}; restore it from a backup or "
+            "remove the job's folder to forget the job"
+        ) from None
+    if not isinstance(document, dict):
+        raise PersistenceError(f"corrupt {what} {path}: not a {what} document")
+    return document
+
+
+_SHEET_STATUSES = frozenset(status.value for status in SheetStatus)
+_JOB_STATUSES = frozenset(status.value for status in JobStatus)
+
+
+def _snapshot_problem(checkpoint: dict[str, Any]) -> str:
+    """What makes a snapshot unusable, or "" when it is a checkpoint document."""
+    sheets = checkpoint.get("sheets")
+    if not isinstance(sheets, list):
+        return "'sheets' is not a list"
+    if not isinstance(checkpoint.get("seq"), int):
+        return "'seq' is missing"
+    if checkpoint.get("status") not in _JOB_STATUSES:
+        return f"job status {checkpoint.get('status')!r} is not one of {sorted(_JOB_STATUSES)}"
+    for index, sheet in enumerate(sheets, start=1):
+        if not _is_sheet(sheet) or sheet["num"] != index:
+            return f"sheet entry {index} is not a sheet {index} record"
+    return ""
+
+
+def _is_sheet(sheet: Any) -> bool:
+    return (
+        isinstance(sheet, dict)
+        and isinstance(sheet.get("num"), int)
+        and sheet.get("status") in _SHEET_STATUSES
+    )
+
+
+def _is_record(record: Any, total_sheets: int) -> bool:
+    """A journal record this checkpoint can take: a job record, or a sheet record
+    of one of its sheets."""
+    if not isinstance(record, dict) or not isinstance(record.get("seq"), int):
+        return False
+    kind = record.get("kind")
+    if kind == "job":
+        return record.get("status", "running") in _JOB_STATUSES
+    return kind == "sheet" and _is_sheet(record) and 1 <= record["num"] <= total_sheets

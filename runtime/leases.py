@@ -156,7 +156,7 @@ class LeaseTable:
             self._running_by_instrument[instrument] += 1
             self._running_by_key[key] += 1
             self.running += 1
-            self._breaker(instrument).granted()
+            self._breaker(instrument).granted(grant.lease_id)
             grants.append(grant)
         return grants
 
@@ -171,9 +171,7 @@ class LeaseTable:
         self.running -= 1
         self._running_by_instrument[grant.instrument] -= 1
         self._running_by_key[(grant.instrument, grant.model)] -= 1
-        if succeeded is None:
-            return grant, None
-        return grant, self._breaker(grant.instrument).record(succeeded, policy, now)
+        return grant, self._breaker(grant.instrument).record(lease_id, succeeded, policy, now)
 
     def release_job(self, job_id: str) -> int:
         """Forget a job whose actor died: drop its requests, free its leases."""
@@ -182,6 +180,21 @@ class LeaseTable:
         for lease_id in held:
             self.release(lease_id, None, BreakerPolicy(), 0.0)
         return dropped + len(held)
+
+    def jobs_on(self, instrument: str, model: str | None = None) -> list[str]:
+        """Jobs with requests waiting for, or leases held on, an instrument (only
+        its ``model`` if given), for instrument-wide events."""
+
+        def matches(key: Key) -> bool:
+            return key[0] == instrument and (model is None or key[1] == model)
+
+        jobs = {job for key, queue in self._queues.items() if matches(key) for job in queue.per_job}
+        jobs.update(
+            grant.job_id
+            for grant in self._leases.values()
+            if matches((grant.instrument, grant.model))
+        )
+        return sorted(jobs)
 
     def holder(self, lease_id: int) -> Grant | None:
         return self._leases.get(lease_id)

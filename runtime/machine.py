@@ -22,15 +22,18 @@ limit), S23 (pacing), S24 (cost), S25-S28 (job control and final status).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import events as ev
+from runtime.conditions import skip_when_verdict
+from runtime.context import PriorOutput, lookback_window
 from runtime.events import Event
 from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import Plan
 from runtime.policy import Policy, policy_from_score
+from runtime.prompts import sheet_variables
 from runtime.state import (
     FINAL_JOB_STATUSES,
     JobProgress,
@@ -72,6 +75,7 @@ class AttemptOrder:
     retry_number: int
     completion: bool
     validations: tuple[tuple[str, bool], ...]
+    prior_outputs: Mapping[int, PriorOutput] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +108,7 @@ class Effects:
     timers: list[TimerOrder] = field(default_factory=list)
     blocks: list[BlockOrder] = field(default_factory=list)
     cancel_attempts: list[int] = field(default_factory=list)
+    skip_checks: list[int] = field(default_factory=list)
     released_leases: list[tuple[Any, OutcomeKind | None]] = field(default_factory=list)
     finished: JobStatus | None = None
 
@@ -119,6 +124,7 @@ class Effects:
             or self.timers
             or self.blocks
             or self.cancel_attempts
+            or self.skip_checks
             or self.released_leases
             or self.finished
         )
@@ -136,6 +142,7 @@ def merge_effects(first: Effects, then: Effects) -> Effects:
         timers=first.timers + then.timers,
         blocks=first.blocks + then.blocks,
         cancel_attempts=first.cancel_attempts + then.cancel_attempts,
+        skip_checks=first.skip_checks + then.skip_checks,
         released_leases=first.released_leases + then.released_leases,
         finished=then.finished or first.finished,
     )
@@ -155,7 +162,11 @@ def checkpoint_records(state: JobState, effects: Effects) -> list[dict[str, Any]
 
 
 def new_job(
-    job_id: str, plan: Plan, policy: Policy | None = None, seed: int | None = None
+    job_id: str,
+    plan: Plan,
+    policy: Policy | None = None,
+    seed: int | None = None,
+    variables: Mapping[str, Any] | None = None,
 ) -> JobState:
     sheets = [SheetState(num=sheet.num) for sheet in plan.sheets]
     for sheet in sheets:
@@ -165,6 +176,7 @@ def new_job(
     if policy is None:
         policy = policy_from_score(plan)
     state = JobState(job_id=job_id, plan=plan, sheets=sheets, policy=policy)
+    state.variables = dict(variables or {})
     state.counts[SheetStatus.PENDING] = len(sheets)
     if seed is not None:
         state.rng.seed(seed)
@@ -179,8 +191,9 @@ def start(state: JobState, now: float, fx: Effects) -> None:
     _emit(state, fx, 0, ev.JOB_STARTED, now, total_sheets=state.total_sheets)
     fx.job_dirty = True
     for sheet in state.sheets:
-        if sheet.status is SheetStatus.PENDING and sheet.unmet_dependencies == 0:
-            _make_ready(state, sheet, fx)
+        ready = sheet.status is SheetStatus.PENDING and sheet.unmet_dependencies == 0
+        if ready and _became_ready(state, sheet, now, fx):
+            _release_dependents(state, sheet.num, now, fx)
     _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)
 
@@ -242,6 +255,7 @@ def _dispatch(state: JobState, sheet: SheetState, lease: Any, now: float, fx: Ef
             retry_number=0 if completion else sheet.retries_used,
             completion=completion,
             validations=sheet.validations if completion else (),
+            prior_outputs=prior_outputs(state, sheet.num),
         )
     )
     _emit(
@@ -297,9 +311,14 @@ def on_attempt_finished(
         _set_status(state, sheet, SheetStatus.CANCELLED, fx)
         _emit(state, fx, sheet_num, ev.SHEET_CANCELLED, now)
     elif _over_sheet_cost(state, sheet):
-        _fail(
-            state, sheet, f"sheet cost {sheet.cost:.4f} is over max_cost_per_sheet", "cost", now, fx
+        limit = state.policy.cost.max_cost_per_sheet
+        _emit(
+            state, fx, sheet_num, ev.COST_EXCEEDED, now, scope="sheet", cost=sheet.cost, limit=limit
         )
+        _fail(
+            state, sheet, f"sheet cost {sheet.cost:.4f} is over max_cost_per_sheet ({limit:g})",
+            "cost", now, fx,
+        )  # fmt: skip
     elif result.kind is OutcomeKind.CANCELLED:
         # Cancelled from outside the job (the runtime is stopping): nothing was
         # learned about the sheet, so it is ready again and no retry is spent.
@@ -365,7 +384,7 @@ def _complete(
         state, fx, sheet.num, ev.SHEET_COMPLETED, now,
         attempt=sheet.attempts, cost=result.cost, duration_seconds=result.duration_seconds,
     )  # fmt: skip
-    _release_dependents(state, sheet.num, fx)
+    _release_dependents(state, sheet.num, now, fx)
     pacing = state.policy.pause_between_sheets_seconds
     if pacing > 0 and state.running == 0 and not state.cancelling:
         state.paced_until = now + pacing
@@ -656,13 +675,13 @@ def resolve_fermata(
         sheet.skip_reason = SkipReason.USER
         _set_status(state, sheet, SheetStatus.SKIPPED, fx)
         _emit(state, fx, sheet_num, ev.SHEET_SKIPPED, now, reason="skipped at fermata")
-        _release_dependents(state, sheet_num, fx)
+        _release_dependents(state, sheet_num, now, fx)
     elif decision == "accept":
         sheet.last_error = None
         sheet.error_kind = None
         _set_status(state, sheet, SheetStatus.COMPLETED, fx)
         _emit(state, fx, sheet_num, ev.SHEET_COMPLETED, now, accepted_at_fermata=True)
-        _release_dependents(state, sheet_num, fx)
+        _release_dependents(state, sheet_num, now, fx)
     else:
         _fail(
             state,
@@ -819,14 +838,86 @@ def _withdraw_lease_requests(state: JobState, fx: Effects) -> None:
     state.lease_requested.clear()
 
 
-def _release_dependents(state: JobState, sheet_num: int, fx: Effects) -> None:
-    for dependent_num in state.plan.dependents.get(sheet_num, ()):
-        dependent = state.sheet(dependent_num)
-        if dependent.status is not SheetStatus.PENDING:
-            continue
-        dependent.unmet_dependencies -= 1
-        if dependent.unmet_dependencies == 0:
-            _make_ready(state, dependent, fx)
+def _release_dependents(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:
+    """S1: a satisfied sheet counts down its dependents; those with nothing left
+    unmet become ready, or are skipped by their condition (S5) and count down
+    theirs in turn. A worklist, not recursion: a long chain of skips is fine."""
+    satisfied = [sheet_num]
+    while satisfied:
+        for dependent_num in state.plan.dependents.get(satisfied.pop(), ()):
+            dependent = state.sheet(dependent_num)
+            if dependent.status is not SheetStatus.PENDING:
+                continue
+            dependent.unmet_dependencies -= 1
+            if dependent.unmet_dependencies == 0 and _became_ready(state, dependent, now, fx):
+                satisfied.append(dependent_num)
+
+
+def _became_ready(state: JobState, sheet: SheetState, now: float, fx: Effects) -> bool:
+    """A sheet's dependencies are all satisfied for the first time. S5: its
+    ``skip_when`` is evaluated now (True: it was skipped); a ``skip_when_command``
+    is run by the job, and the sheet waits, ready but not queued, for the verdict."""
+    sheet_plan = state.plan.sheet(sheet.num)
+    if sheet_plan.skip_when:
+        variables = {**sheet_variables(state.plan, sheet_plan), **state.variables}
+        verdict = skip_when_verdict(sheet_plan.skip_when, variables)
+        if verdict.skip:
+            _skip_by_condition(state, sheet, verdict.reason, now, fx)
+            return True
+        if verdict.reason:
+            note = verdict.reason
+            _emit(state, fx, sheet.num, ev.SHEET_SKIP_CHECKED, now, skipped=False, note=note)
+    if sheet_plan.skip_when_command is not None:
+        _set_status(state, sheet, SheetStatus.READY, fx)
+        fx.skip_checks.append(sheet.num)
+        return False
+    _make_ready(state, sheet, fx)
+    return False
+
+
+def on_skip_verdict(
+    state: JobState, sheet_num: int, skip: bool, reason: str, now: float, fx: Effects
+) -> None:
+    """S5: the sheet's ``skip_when_command`` answered: skip it, or queue it to run."""
+    if not state.has_sheet(sheet_num):
+        return
+    sheet = state.sheet(sheet_num)
+    if sheet.status is not SheetStatus.READY or sheet.attempts:
+        return
+    if skip:
+        _skip_by_condition(state, sheet, reason, now, fx)
+        _release_dependents(state, sheet_num, now, fx)
+    else:
+        if reason:
+            _emit(state, fx, sheet_num, ev.SHEET_SKIP_CHECKED, now, skipped=False, note=reason)
+        state.ready_queue.append(sheet_num)
+    _request_leases(state, now, fx)
+    _finish_if_done(state, now, fx)
+
+
+def _skip_by_condition(
+    state: JobState, sheet: SheetState, reason: str, now: float, fx: Effects
+) -> None:
+    sheet.skip_reason = SkipReason.CONDITION
+    sheet.last_error = None
+    _set_status(state, sheet, SheetStatus.SKIPPED, fx)
+    _emit(state, fx, sheet.num, ev.SHEET_SKIPPED, now, reason=reason)
+
+
+def prior_outputs(state: JobState, sheet_num: int) -> dict[int, PriorOutput]:
+    """S31: what the sheet may see of earlier sheets: the last good output of each
+    completed one, a marker for each skipped one, within the lookback window."""
+    cross = state.plan.cross_sheet
+    if cross is None or not cross.auto_capture_stdout:
+        return {}
+    outputs: dict[int, PriorOutput] = {}
+    for num in lookback_window(sheet_num, cross.lookback_sheets):
+        earlier = state.sheet(num)
+        if earlier.status is SheetStatus.COMPLETED:
+            outputs[num] = PriorOutput(earlier.output_tail)
+        elif earlier.status is SheetStatus.SKIPPED:
+            outputs[num] = PriorOutput(skipped=True)
+    return outputs
 
 
 def _cascade_failure(state: JobState, failed_num: int, now: float, fx: Effects) -> None:
@@ -946,7 +1037,10 @@ def recover(
                 instrument, model = current_instrument(state, sheet)
                 fx.blocks.append(BlockOrder(instrument, model, sheet.retry_at))
         elif sheet.unmet_dependencies == 0:
-            _make_ready(state, sheet, fx)
+            if sheet.attempts:
+                _make_ready(state, sheet, fx)
+            elif _became_ready(state, sheet, now, fx):  # S5 verdicts are not stored
+                _release_dependents(state, sheet.num, now, fx)
         elif saved_status is not SheetStatus.PENDING:
             fx.dirty_sheets.add(sheet.num)
     state.status = JobStatus.RUNNING

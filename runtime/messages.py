@@ -7,6 +7,7 @@ reply box. This module holds no behaviour and imports no actor code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -168,6 +169,7 @@ class RunAttempt:
     retry_number: int = 0
     completion: bool = False
     validations: tuple[tuple[str, bool], ...] = ()
+    prior_outputs: Mapping[int, Any] = field(default_factory=dict)  # S31: PriorOutput by sheet
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,84 +1,562 @@
 """Score models and YAML loading.
 
-Owns the shape of a score (pydantic models that forbid unknown keys), reading it
-from a file, a mapping or YAML text, and turning every problem into a
-``ScoreError`` that names the key path, the file and, where YAML knows it, the
-line. It does not plan sheets (``runtime.plan``) or render prompts.
+Owns the shape of a score (pydantic models for every key Marianne accepts, each
+forbidding unknown keys), reading it from a file, a mapping or YAML text, the
+warnings for keys Ensemble accepts but does not act on, and turning every
+problem into a ``ScoreError`` that names the key path, the file and, where YAML
+knows it, the line. Relative ``workspace``, ``template_file`` and prompt
+extension files resolve against the score's folder.
+
+It does not plan sheets (``runtime.plan``), render prompts (``runtime.prompts``)
+or run validations (``runtime.validations``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import re
+import types
+import typing
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from loguru import logger
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from runtime.errors import ScoreError
+from runtime.conditions import parse_skip_expression, parse_validation_condition
+from runtime.errors import ConditionError, ScoreError
+from runtime.score_extras import (
+    NOT_ACTED_ON,
+    AIReviewConfig,
+    BridgeConfig,
+    CheckpointConfig,
+    ConductorConfig,
+    FeedbackConfig,
+    GroundingConfig,
+    IsolationConfig,
+    LearningConfig,
+    LogConfig,
+    NotificationConfig,
+    Section,
+    SpecConfig,
+    StaleDetectionConfig,
+    TechniqueConfig,
+    WorkspaceLifecycleConfig,
+)
+
+# A sheet number, stage number or movement number: YAML keys like ``3:``.
+Positive = Annotated[int, Field(ge=1)]
+InjectionCategory = Literal["context", "skill", "tool"]
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _regex(pattern: str, what: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"{what} is not a valid regular expression: {exc}") from None
+    return pattern
 
 
-class SheetConfig(_Model):
+# --- sheet ---------------------------------------------------------------------------------
+
+
+class InjectionItem(Section):
+    """A prelude or cadenza entry: one file or directory injected into the prompt."""
+
+    file: str | None = None
+    directory: str | None = None
+    as_: InjectionCategory = Field(alias="as")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InjectionItem:
+        if (self.file is None) == (self.directory is None):
+            raise ValueError("an injection item needs exactly one of 'file' or 'directory'")
+        return self
+
+    @property
+    def category(self) -> InjectionCategory:
+        return self.as_
+
+    @property
+    def path(self) -> str:
+        return self.file if self.file is not None else self.directory or ""
+
+
+class SkipWhenCommand(Section):
+    """S5: run ``command``; exit 0 skips the sheet, anything else (or a timeout) runs it."""
+
+    command: str
+    description: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+
+
+class SheetConfig(Section):
     size: int = Field(default=1, ge=1)
     total_items: int = Field(ge=0)
     start_item: int = Field(default=1, ge=1)
-    dependencies: dict[int, list[int]] = Field(default_factory=dict)
+    dependencies: dict[Positive, list[Positive]] = Field(default_factory=dict)
+    fan_out: dict[Positive, Positive] = Field(default_factory=dict)
+    # Keyed by stage.
+    skip_when: dict[Positive, str] = Field(default_factory=dict)
+    skip_when_command: dict[Positive, SkipWhenCommand] = Field(default_factory=dict)
+    # Keyed by final sheet number.
+    descriptions: dict[Positive, str] = Field(default_factory=dict)
+    cadenzas: dict[Positive, list[InjectionItem]] = Field(default_factory=dict)
+    per_sheet_instruments: dict[Positive, Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=dict
+    )
+    per_sheet_instrument_config: dict[Positive, dict[str, Any]] = Field(default_factory=dict)
+    per_sheet_fallbacks: dict[Positive, list[str]] = Field(default_factory=dict)
+    instrument_map: dict[Annotated[str, Field(min_length=1)], list[Positive]] = Field(
+        default_factory=dict
+    )
+    prompt_extensions: dict[Positive, list[str]] = Field(default_factory=dict)
+    spec_tags: dict[Positive, list[str]] = Field(default_factory=dict)
+    prelude: list[InjectionItem] = Field(default_factory=list)
+    # Marianne computes or fills these itself; a score may carry them (ignored, warned).
+    total_sheets: int | None = None
+    fan_out_stage_map: dict[Positive, dict[str, int]] | None = None
+
+    @field_validator("skip_when")
+    @classmethod
+    def _expressions_parse(cls, rules: dict[int, str]) -> dict[int, str]:
+        for stage, expression in rules.items():
+            try:
+                parse_skip_expression(expression)
+            except ConditionError as exc:
+                raise ValueError(f"stage {stage}: {exc.message}") from None
+        return rules
+
+    @field_validator("instrument_map")
+    @classmethod
+    def _each_sheet_once(cls, mapping: dict[str, list[int]]) -> dict[str, list[int]]:
+        owner: dict[int, str] = {}
+        for instrument, sheets in mapping.items():
+            for sheet in sheets:
+                if sheet in owner and owner[sheet] != instrument:
+                    raise ValueError(
+                        f"sheet {sheet} is listed under both '{owner[sheet]}' and "
+                        f"'{instrument}'; list each sheet under one instrument"
+                    )
+                if sheet in owner:
+                    raise ValueError(
+                        f"sheet {sheet} is listed twice under '{instrument}'; list it once"
+                    )
+                owner[sheet] = instrument
+        return mapping
+
+    @model_validator(mode="after")
+    def _fan_out_shape(self) -> SheetConfig:
+        if self.fan_out and (self.size != 1 or self.start_item != 1):
+            raise ValueError(
+                f"fan_out needs size: 1 and start_item: 1 (got size: {self.size}, "
+                f"start_item: {self.start_item}); each stage is one item"
+            )
+        return self
 
 
-class PromptConfig(_Model):
+# --- prompt --------------------------------------------------------------------------------
+
+
+class PromptConfig(Section):
     template: str | None = None
     template_file: str | None = None
     variables: dict[str, Any] = Field(default_factory=dict)
+    stakes: str | None = None
+    thinking_method: str | None = None
+    prompt_extensions: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptConfig:
         if self.template is not None and self.template_file is not None:
             raise ValueError("give either 'template' or 'template_file', not both")
-        if self.template is None and self.template_file is None:
-            raise ValueError("a prompt needs 'template' or 'template_file'")
         return self
 
 
-class RetryConfig(_Model):
+# --- validations ---------------------------------------------------------------------------
+
+ValidationType = Literal[
+    "file_exists", "file_modified", "content_contains", "content_regex", "command_succeeds"
+]
+
+
+class ValidationRule(Section):
+    type: ValidationType
+    path: str | None = None
+    pattern: str | None = None
+    description: str | None = None
+    command: str | None = None
+    working_directory: str | None = None
+    stage: int = Field(default=1, ge=1, le=10)
+    condition: str | None = None
+    sheet: int | None = Field(default=None, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    # Accepted for compatibility: Ensemble validates after the instrument has
+    # exited, so the filesystem races these paper over do not arise.
+    retry_count: int = Field(default=3, ge=0, le=10)
+    retry_delay_ms: int = Field(default=200, ge=0, le=5000)
+
+    @field_validator("condition")
+    @classmethod
+    def _condition_parses(cls, condition: str | None) -> str | None:
+        if condition is not None:
+            try:
+                parse_validation_condition(condition)
+            except ConditionError as exc:
+                raise ValueError(exc.message) from None
+        return condition
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> ValidationRule:
+        if self.type == "command_succeeds":
+            if not self.command:
+                raise ValueError("a command_succeeds validation needs 'command'")
+        elif not self.path:
+            raise ValueError(f"a {self.type} validation needs 'path'")
+        if self.type in ("content_contains", "content_regex") and self.pattern is None:
+            raise ValueError(f"a {self.type} validation needs 'pattern'")
+        if self.type == "content_regex" and self.pattern is not None:
+            _regex(self.pattern, "pattern")
+        return self
+
+    @property
+    def effective_condition(self) -> str | None:
+        """``condition``, or ``sheet_num == N`` from the ``sheet: N`` shorthand."""
+        if self.condition is not None:
+            return self.condition
+        if self.sheet is not None:
+            return f"sheet_num == {self.sheet}"
+        return None
+
+
+# --- execution settings ------------------------------------------------------------------
+
+
+class RetryConfig(Section):
     max_retries: int = Field(default=3, ge=0)
     base_delay_seconds: float = Field(default=10.0, ge=0)
+    max_delay_seconds: float = Field(default=3600.0, gt=0)
+    exponential_base: float = Field(default=2.0, ge=1)
+    jitter: bool = True
+    max_completion_attempts: int = Field(default=5, ge=0)
+    completion_delay_seconds: float = Field(default=5.0, ge=0)
+    completion_threshold_percent: float = Field(default=50.0, gt=0, le=100)
+
+    @model_validator(mode="after")
+    def _delays_ordered(self) -> RetryConfig:
+        if self.base_delay_seconds > self.max_delay_seconds:
+            raise ValueError(
+                f"base_delay_seconds ({self.base_delay_seconds}) must not exceed "
+                f"max_delay_seconds ({self.max_delay_seconds})"
+            )
+        return self
 
 
-class ParallelConfig(_Model):
+_DEFAULT_RATE_LIMIT_PATTERNS = (
+    r"rate.?limit",
+    r"usage.?limit",
+    r"quota",
+    r"too many requests",
+    r"429",
+    r"capacity",
+    r"try again later",
+)
+
+
+class RateLimitConfig(Section):
+    detection_patterns: list[str] = Field(
+        default_factory=lambda: list(_DEFAULT_RATE_LIMIT_PATTERNS)
+    )
+    wait_minutes: float = Field(default=60, gt=0)
+    max_waits: int = Field(default=24, ge=1)
+    max_quota_waits: int = Field(default=48, ge=1)
+
+    @field_validator("detection_patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for index, pattern in enumerate(patterns):
+            _regex(pattern, f"detection_patterns[{index}]")
+        return patterns
+
+
+class CircuitBreakerConfig(Section):
+    enabled: bool = True
+    failure_threshold: int = Field(default=5, ge=1, le=100)
+    recovery_timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
+    cross_workspace_coordination: bool = True
+    honor_other_jobs_rate_limits: bool = True
+
+
+class CostLimitConfig(Section):
+    enabled: bool = False
+    max_cost_per_sheet: float | None = Field(default=None, gt=0)
+    max_cost_per_job: float | None = Field(default=None, gt=0)
+    cost_per_1k_input_tokens: float = Field(default=0.003, gt=0)
+    cost_per_1k_output_tokens: float = Field(default=0.015, gt=0)
+    warn_at_percent: float = Field(default=80.0, gt=0, le=100)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _limits_enable(cls, data: Any) -> Any:
+        # Setting a limit turns cost tracking on unless 'enabled' says otherwise.
+        if (
+            isinstance(data, Mapping)
+            and "enabled" not in data
+            and (
+                data.get("max_cost_per_sheet") is not None
+                or data.get("max_cost_per_job") is not None
+            )
+        ):
+            return {**data, "enabled": True}
+        return data
+
+    @model_validator(mode="after")
+    def _enabled_needs_limit(self) -> CostLimitConfig:
+        if self.enabled and self.max_cost_per_sheet is None and self.max_cost_per_job is None:
+            raise ValueError(
+                "cost limits are enabled but neither max_cost_per_sheet nor max_cost_per_job is set"
+            )
+        return self
+
+
+class ParallelConfig(Section):
     enabled: bool = False
     max_concurrent: int = Field(default=3, ge=1)
+    fail_fast: bool = True
+    budget_partition: bool = True
+    stagger_delay_ms: int = Field(default=0, ge=0, le=5000)
 
 
-class BackendConfig(_Model):
-    type: str = "claude_cli"
+class CrossSheetConfig(Section):
+    auto_capture_stdout: bool = False
+    max_output_chars: int = Field(default=2000, gt=0)
+    capture_files: list[str] = Field(default_factory=list)
+    lookback_sheets: int = Field(default=3, ge=0)
+
+
+# --- instruments and backend -------------------------------------------------------------
+
+
+class InstrumentDef(Section):
+    """A score-local alias: ``profile`` plus config merged over the score's."""
+
+    profile: str = Field(min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+class MovementDef(Section):
+    name: str | None = None
+    description: str | None = None
+    instrument: str | None = Field(default=None, min_length=1)
+    instrument_config: dict[str, Any] = Field(default_factory=dict)
+    instrument_fallbacks: list[str] = Field(default_factory=list)
+    # Shorthand for ``sheet.fan_out: {movement: voices}``.
+    voices: int | None = Field(default=None, ge=1)
+
+
+class SheetBackendOverride(Section):
+    cli_model: str | None = None
+    model: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    timeout_seconds: float | None = Field(default=None, gt=0)
+
+
+class RecursiveLightConfig(Section):
+    endpoint: str = "http://localhost:8080"
+    user_id: str | None = None
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class OllamaConfig(Section):
+    base_url: str = "http://localhost:11434"
+    model: str = "llama3.1:8b"
+    num_ctx: int = Field(default=32768, ge=4096)
+    dynamic_tools: bool = True
+    compression_level: Literal["minimal", "moderate", "aggressive"] = "moderate"
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    keep_alive: str = "5m"
+    max_tool_iterations: int = Field(default=10, ge=1, le=50)
+    health_check_timeout: float = 10.0
+
+
+DEFAULT_BACKEND_TYPE = "claude_cli"
+
+
+class BackendConfig(Section):
+    type: str = Field(default=DEFAULT_BACKEND_TYPE, min_length=1)
     timeout_seconds: float = Field(default=1800.0, gt=0)
+    timeout_overrides: dict[Positive, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    sheet_overrides: dict[Positive, SheetBackendOverride] = Field(default_factory=dict)
+    skip_permissions: bool = True
+    disable_mcp: bool = True
+    output_format: Literal["json", "text", "stream-json"] = "text"
+    cli_model: str | None = None
+    allowed_tools: list[str] | None = None
+    system_prompt_file: str | None = None
+    working_directory: str | None = None
+    cli_extra_args: list[str] = Field(default_factory=list)
+    max_output_capture_bytes: int = Field(default=51200, gt=0)
+    model: str | None = None
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    max_tokens: int = Field(default=16384, ge=1)
+    temperature: float = Field(default=0.7, ge=0, le=1)
+    recursive_light: RecursiveLightConfig = Field(default_factory=RecursiveLightConfig)
+    ollama: OllamaConfig = Field(default_factory=OllamaConfig)
 
 
-class Score(_Model):
-    """A parsed score. ``workspace`` is absolute once loaded from a file."""
+# --- chaining ------------------------------------------------------------------------------
+
+
+class PostSuccessHook(Section):
+    type: Literal["run_job", "run_command", "run_script"]
+    job_path: str | None = None
+    job_workspace: str | None = None
+    inherit_learning: bool = True
+    command: str | None = None
+    working_directory: str | None = None
+    description: str | None = None
+    on_failure: Literal["continue", "abort"] = "continue"
+    timeout_seconds: float = Field(default=300.0, gt=0)
+    detached: bool = False
+    fresh: bool = False
+    pause_before_chain: bool = False
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> PostSuccessHook:
+        if self.type == "run_job" and not self.job_path:
+            raise ValueError("a run_job hook needs 'job_path'")
+        if self.type != "run_job" and not self.command:
+            raise ValueError(f"a {self.type} hook needs 'command'")
+        return self
+
+
+class ConcertConfig(Section):
+    enabled: bool = False
+    max_chain_depth: int = Field(default=5, ge=1, le=100)
+    cooldown_between_jobs_seconds: float = Field(default=5.0, ge=0)
+    inherit_workspace: bool = True
+    concert_log_path: str | None = None
+    abort_concert_on_hook_failure: bool = False
+
+
+# --- the score -----------------------------------------------------------------------------
+
+
+class Score(Section):
+    """A parsed score. ``workspace`` is absolute once loaded from a file or mapping."""
 
     name: str = Field(min_length=1)
     description: str | None = None
     workspace: str = "./workspace"
-    instrument: str | None = None
+    instrument: str | None = Field(default=None, min_length=1)
+    instrument_config: dict[str, Any] = Field(default_factory=dict)
+    instrument_fallbacks: list[str] = Field(default_factory=list)
+    instruments: dict[str, InstrumentDef] = Field(default_factory=dict)
+    movements: dict[Positive, MovementDef] = Field(default_factory=dict)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     sheet: SheetConfig
     prompt: PromptConfig
+    validations: list[ValidationRule] = Field(default_factory=list)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    circuit_breaker: CircuitBreakerConfig = Field(default_factory=CircuitBreakerConfig)
+    cost_limits: CostLimitConfig = Field(default_factory=CostLimitConfig)
     parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    cross_sheet: CrossSheetConfig | None = None
     pause_between_sheets_seconds: float = Field(default=2.0, ge=0)
+    on_success: list[PostSuccessHook] = Field(default_factory=list)
+    concert: ConcertConfig = Field(default_factory=ConcertConfig)
+    # Accepted, type-checked, warned about: not acted on yet (runtime.score_extras).
+    notifications: list[NotificationConfig] = Field(default_factory=list)
+    state_backend: Literal["json", "sqlite"] = "sqlite"
+    state_path: str | None = None
+    isolation: IsolationConfig = Field(default_factory=IsolationConfig)
+    workspace_lifecycle: WorkspaceLifecycleConfig = Field(default_factory=WorkspaceLifecycleConfig)
+    techniques: dict[str, TechniqueConfig] = Field(default_factory=dict)
+    spec: SpecConfig = Field(default_factory=SpecConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
+    grounding: GroundingConfig = Field(default_factory=GroundingConfig)
+    checkpoints: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    ai_review: AIReviewConfig = Field(default_factory=AIReviewConfig)
+    feedback: FeedbackConfig = Field(default_factory=FeedbackConfig)
+    logging: LogConfig = Field(default_factory=LogConfig)
+    conductor: ConductorConfig = Field(default_factory=ConductorConfig)
+    bridge: BridgeConfig | None = None
+    agent_card: dict[str, Any] | None = None
+    stale_detection: StaleDetectionConfig = Field(default_factory=StaleDetectionConfig)
+
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+    _source: str | None = PrivateAttr(default=None)
+    _base_dir: str | None = PrivateAttr(default=None)
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_instrument_selector(self) -> Score:
+        if self.instrument is not None and self.backend.type != DEFAULT_BACKEND_TYPE:
+            raise ValueError(
+                f"both 'instrument: {self.instrument}' and 'backend.type: {self.backend.type}' "
+                "are set; keep one of them"
+            )
+        return self
+
+    @property
+    def warnings(self) -> list[str]:
+        """Keys that were accepted but have no effect, and similar notes from loading."""
+        return list(self._warnings)
+
+    @property
+    def source(self) -> str | None:
+        """The file this score was loaded from, if any."""
+        return self._source
+
+    @property
+    def base_dir(self) -> str | None:
+        """The folder relative paths of the score resolve against (its file's folder)."""
+        return self._base_dir
+
+    def line_of(self, key_path: Sequence[Any]) -> int | None:
+        """The YAML line of the deepest known key along ``key_path``."""
+        path = tuple(key_path)
+        while path:
+            line = self._lines.get(path)
+            if line is not None:
+                return line
+            path = path[:-1]
+        return None
+
+    def error(self, message: str, *key_path: Any) -> ScoreError:
+        """A ``ScoreError`` at ``key_path`` with this score's file and line."""
+        return ScoreError(
+            message,
+            key_path=".".join(str(part) for part in key_path) or None,
+            source=self._source,
+            line=self.line_of(key_path),
+        )
 
 
-# Marianne's legacy `backend.type` values and the instrument each one means.
+def score_warnings(score: Score) -> list[str]:
+    return score.warnings
+
+
+# Marianne's legacy ``backend.type`` values and the instrument each one means.
 _LEGACY_BACKENDS = {"claude_cli": "claude-code", "anthropic_api": "claude-code"}
 
 
 def legacy_instrument(backend_type: str) -> str:
     return _LEGACY_BACKENDS.get(backend_type, backend_type)
+
+
+# --- loading -------------------------------------------------------------------------------
 
 
 def load_score(source: str | Path | Mapping[str, Any] | Score) -> Score:
@@ -102,59 +580,451 @@ def load_score(source: str | Path | Mapping[str, Any] | Score) -> Score:
 
 
 def score_from_text(text: str, *, base_dir: Path, source_name: str) -> Score:
+    data, lines, duplicates = parse_yaml(text, source_name=source_name)
+    if not isinstance(data, Mapping):
+        raise ScoreError(
+            "a score must be a YAML mapping with at least 'name', 'sheet' and 'prompt'",
+            source=source_name,
+        )
+    notes = [
+        f"{'.'.join(str(part) for part in path)}: key appears more than once (line {line}); "
+        "the last value wins"
+        for path, line in duplicates
+    ]
+    return score_from_mapping(
+        data, base_dir=base_dir, source_name=source_name, lines=lines, notes=notes
+    )
+
+
+def score_from_mapping(
+    data: Mapping[str, Any],
+    *,
+    base_dir: Path,
+    source_name: str,
+    lines: Mapping[tuple[Any, ...], int] | None = None,
+    notes: Sequence[str] = (),
+) -> Score:
+    lines = dict(lines or {})
+    if not isinstance(data, Mapping):
+        raise ScoreError(
+            "a score must be a mapping with at least 'name', 'sheet' and 'prompt'",
+            source=source_name,
+        )
     try:
-        data = yaml.safe_load(text)
+        score = Score.model_validate(dict(data))
+    except ValidationError as exc:
+        raise _translate(exc, data, source_name, lines) from None
+    except RecursionError:
+        raise ScoreError("the score is nested too deeply", source=source_name) from None
+    located = _Located(source_name, lines)
+    workspace = Path(score.workspace).expanduser()
+    if not workspace.is_absolute():
+        workspace = (base_dir / workspace).resolve()
+    prompt = score.prompt
+    updates: dict[str, Any] = {}
+    if prompt.template_file is not None:
+        template_path = Path(prompt.template_file).expanduser()
+        if not template_path.is_absolute():
+            template_path = (base_dir / template_path).resolve()
+        updates["template"] = located.read(
+            template_path, ("prompt", "template_file"), "template file"
+        )
+        updates["template_file"] = None
+    if prompt.prompt_extensions:
+        updates["prompt_extensions"] = [
+            _extension_text(text, base_dir, located, ("prompt", "prompt_extensions", index))
+            for index, text in enumerate(prompt.prompt_extensions)
+        ]
+    sheet = score.sheet
+    if sheet.prompt_extensions:
+        sheet = sheet.model_copy(
+            update={
+                "prompt_extensions": {
+                    num: [
+                        _extension_text(
+                            text, base_dir, located, ("sheet", "prompt_extensions", num, index)
+                        )
+                        for index, text in enumerate(texts)
+                    ]
+                    for num, texts in sheet.prompt_extensions.items()
+                }
+            }
+        )
+    if updates:
+        prompt = prompt.model_copy(update=updates)
+    loaded = score.model_copy(
+        update={"workspace": str(workspace), "prompt": prompt, "sheet": sheet}
+    )
+    loaded._source = source_name
+    loaded._base_dir = str(base_dir)
+    loaded._lines = lines
+    loaded._warnings = [*notes, *_warnings_for(data, score)]
+    for warning in loaded._warnings:
+        logger.warning("{}: {}", source_name, warning)
+    return loaded
+
+
+class _Located:
+    """Reads files named by a score, turning failures into located errors."""
+
+    def __init__(self, source: str, lines: Mapping[tuple[Any, ...], int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def error(self, message: str, key_path: tuple[Any, ...]) -> ScoreError:
+        path = key_path
+        line = None
+        while path and line is None:
+            line = self.lines.get(path)
+            path = path[:-1]
+        return ScoreError(
+            message,
+            key_path=".".join(str(part) for part in key_path),
+            source=self.source,
+            line=line,
+        )
+
+    def read(self, path: Path, key_path: tuple[Any, ...], what: str) -> str:
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise self.error(f"cannot read {what} {path}: {reason}", key_path) from None
+
+
+_EXTENSION_FILE = re.compile(r"[^\n]+\.(md|txt)")
+
+
+def _extension_text(text: str, base_dir: Path, located: _Located, key_path: tuple[Any, ...]) -> str:
+    """A prompt extension is inline text, or a .md/.txt file next to the score."""
+    if not _EXTENSION_FILE.fullmatch(text.strip()):
+        return text
+    path = Path(text.strip()).expanduser()
+    if not path.is_absolute():
+        path = (base_dir / path).resolve()
+    return located.read(path, key_path, "prompt extension file")
+
+
+def _warnings_for(data: Mapping[str, Any], score: Score) -> list[str]:
+    notes = [
+        f"{key}: accepted but not acted on by Ensemble yet; it has no effect"
+        for key in NOT_ACTED_ON
+        if key in data
+    ]
+    sheet = data.get("sheet")
+    if isinstance(sheet, Mapping):
+        for key in ("total_sheets", "fan_out_stage_map"):
+            if key in sheet:
+                notes.append(f"sheet.{key}: computed by the planner; the value given is ignored")
+    if score.prompt.template is None and score.prompt.template_file is None:
+        notes.append(
+            "prompt: neither 'template' nor 'template_file' is set; sheets get an empty template"
+        )
+    if not score.parallel.budget_partition:
+        notes.append("parallel.budget_partition: false is not acted on; costs are checked per job")
+    return notes
+
+
+# --- YAML with line numbers ----------------------------------------------------------------
+
+# Alias expansion beyond this many nodes is refused: "billion laughs" documents
+# would otherwise make validation run for hours.
+MAX_YAML_NODES = 2_000_000
+
+
+class _LineMap(dict[Any, Any]):
+    """A YAML mapping that remembers the line of each of its keys."""
+
+    __slots__ = ("key_lines",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.key_lines: dict[Any, int] = {}
+
+
+# libyaml's parser is about ten times faster than the pure-Python one; both keep marks.
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _ScoreLoader(_BaseLoader):  # type: ignore[valid-type,misc]
+    duplicates: list[tuple[_LineMap, Any, int]]
+
+
+def _construct_mapping(loader: _ScoreLoader, node: yaml.MappingNode) -> Iterator[_LineMap]:
+    mapping = _LineMap()
+    yield mapping
+    loader.flatten_mapping(node)
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, Hashable):
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                "found a key that is a list or mapping",
+                key_node.start_mark,
+            )
+        try:
+            seen = key in mapping
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                "found a key that cannot be used as a key",
+                key_node.start_mark,
+            ) from None
+        if seen:
+            loader.duplicates.append((mapping, key, key_node.start_mark.line + 1))
+        mapping[key] = loader.construct_object(value_node, deep=False)
+        mapping.key_lines[key] = key_node.start_mark.line + 1
+
+
+_ScoreLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes in the document once aliases are expanded, computed without expanding them."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                children.extend((key, value))
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        if children_done:
+            sizes[id(node)] = 1 + sum(sizes.get(id(child), 1) for child in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                return sizes[id(node)]
+        else:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+    return sizes.get(id(root), 1)
+
+
+def parse_yaml(
+    text: str, *, source_name: str
+) -> tuple[Any, dict[tuple[Any, ...], int], list[tuple[tuple[Any, ...], int]]]:
+    """Parse YAML; return the data, the line of every key path, and duplicated keys."""
+    loader = _ScoreLoader(text)
+    loader.duplicates = []
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}, []
+        if _expanded_size(node) > MAX_YAML_NODES:
+            raise ScoreError(
+                f"the document expands to more than {MAX_YAML_NODES} values through "
+                "YAML aliases; write it out or simplify it",
+                source=source_name,
+            )
+        data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problem = getattr(exc, "problem", None) or str(exc)
         raise ScoreError(f"invalid YAML: {problem}", source=source_name, line=line) from None
-    if not isinstance(data, Mapping):
-        raise ScoreError("a score must be a YAML mapping of keys", source=source_name)
-    return score_from_mapping(data, base_dir=base_dir, source_name=source_name)
-
-
-def score_from_mapping(data: Mapping[str, Any], *, base_dir: Path, source_name: str) -> Score:
+    except RecursionError:
+        raise ScoreError("invalid YAML: nested too deeply", source=source_name) from None
+    finally:
+        loader.dispose()
+    lines: dict[tuple[Any, ...], int] = {}
+    _index_lines(data, (), lines)
+    duplicate_paths = [
+        ((*path, key), line)
+        for mapping, key, line in loader.duplicates
+        for path in _paths_of(data, mapping)
+    ]
     try:
-        score = Score.model_validate(dict(data))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key_path = ".".join(str(part) for part in first["loc"]) or None
-        message = _describe(first)
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise ScoreError(message, key_path=key_path, source=source_name) from None
-    workspace = Path(score.workspace)
-    if not workspace.is_absolute():
-        workspace = (base_dir / workspace).resolve()
-    prompt = score.prompt
-    if prompt.template_file is not None:
-        template_path = Path(prompt.template_file)
-        if not template_path.is_absolute():
-            template_path = (base_dir / template_path).resolve()
-        try:
-            template = template_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ScoreError(
-                f"cannot read template file {template_path}: {exc.strerror or exc}",
-                key_path="prompt.template_file",
-                source=source_name,
-            ) from None
-        prompt = prompt.model_copy(update={"template": template})
-    return score.model_copy(update={"workspace": str(workspace), "prompt": prompt})
+        plain = _plain(data)
+    except RecursionError:
+        raise ScoreError("invalid YAML: nested too deeply", source=source_name) from None
+    return plain, lines, duplicate_paths
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+def _plain(value: Any) -> Any:
+    """The document with plain dicts: line bookkeeping stays out of the loaded score."""
+    if isinstance(value, dict):
+        return {key: _plain(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_plain(child) for child in value]
+    return value
+
+
+def _index_lines(data: Any, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, path)]
+    seen: set[int] = set()
+    while stack:
+        value, where = stack.pop()
+        if id(value) in seen:  # a YAML alias: index the first occurrence only
+            continue
+        if isinstance(value, _LineMap):
+            seen.add(id(value))
+            for key, child in value.items():
+                lines[(*where, key)] = value.key_lines.get(key, 0)
+                stack.append((child, (*where, key)))
+        elif isinstance(value, list):
+            seen.add(id(value))
+            for index, child in enumerate(value):
+                if isinstance(child, _LineMap) and child.key_lines:
+                    lines[(*where, index)] = min(child.key_lines.values())
+                stack.append((child, (*where, index)))
+
+
+def _paths_of(data: Any, target: Any) -> list[tuple[Any, ...]]:
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen: set[int] = set()
+    while stack:
+        value, where = stack.pop()
+        if value is target:
+            return [where]
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            stack.extend((child, (*where, key)) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, (*where, index)) for index, child in enumerate(value))
+    return []
+
+
+# --- turning pydantic errors into ScoreErrors ---------------------------------------------
+
+
+def _translate(
+    exc: ValidationError,
+    data: Mapping[str, Any],
+    source: str,
+    lines: Mapping[tuple[Any, ...], int],
+) -> ScoreError:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    if first.get("type") == "missing":
+        # A required key is often missing because it is misspelt next to it: say that.
+        parent = tuple(first.get("loc", ()))[:-1]
+        for error in errors:
+            loc = tuple(error.get("loc", ()))
+            if error.get("type") == "extra_forbidden" and loc[:-1] == parent:
+                first = error
+                break
+    kind = str(first.get("type", ""))
+    path = _data_path(data, tuple(first.get("loc", ())))
+    if kind == "missing" and first.get("loc"):
+        path = (*path, first["loc"][-1])
+    message = _describe(first, path)
+    more = len(errors) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    line = None
+    probe = path
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    key_path = ".".join(str(part) for part in path) or None
+    return ScoreError(message, key_path=key_path, source=source, line=line)
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The steps of a pydantic ``loc`` that exist in the data (drops union tags)."""
+    path: list[Any] = []
+    current = data
+    for step in loc:
+        if isinstance(current, Mapping):
+            key = _matching_key(current, step)
+            if key is _MISSING:
+                continue
+            path.append(key)
+            current = current[key]
+        elif isinstance(current, list) and isinstance(step, int) and 0 <= step < len(current):
+            path.append(step)
+            current = current[step]
+    return tuple(path)
+
+
+_MISSING = object()
+
+
+def _matching_key(mapping: Mapping[Any, Any], step: Any) -> Any:
+    if step in mapping:
+        return step
+    text = str(step)
+    for key in mapping:
+        if str(key) == text:
+            return key
+    return _MISSING
+
+
+def _describe(error: Mapping[str, Any], path: tuple[Any, ...]) -> str:
     kind = error.get("type", "")
     if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling"
+        name = str(path[-1]) if path else "?"
+        allowed = _allowed_keys(path[:-1])
+        message = f"unknown key '{name}'"
+        close = difflib.get_close_matches(name, allowed, n=1)
+        if close:
+            message += f"; did you mean '{close[0]}'?"
+        elif allowed:
+            message += "; expected one of: " + ", ".join(allowed)
+        return message
     if kind == "missing":
         return "required key is missing"
     message = str(error.get("msg", "invalid value"))
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
+    message = re.sub(r" or instance of \w+", "", message)
+    message = (
+        message.replace("Input should be", "expected")
+        .replace("a valid dictionary", "a mapping of keys")
+        .replace("expected greater", "expected a value greater")
+        .replace("expected less", "expected a value less")
+    )
     value = error.get("input")
-    if kind != "missing" and not isinstance(value, Mapping | list):
+    if not isinstance(value, Mapping | list) and kind not in ("value_error", "assertion_error"):
         message += f" (got {value!r})"
     return message
+
+
+def _allowed_keys(path: tuple[Any, ...]) -> list[str]:
+    model = _model_at(path)
+    if model is None:
+        return []
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    current: Any = Score
+    for step in path:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            fields = current.model_fields
+            field = next((f for name, f in fields.items() if step in (name, f.alias)), None)
+            if field is None:
+                return None
+            current = field.annotation
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        elif typing.get_origin(current) is list:
+            current = typing.get_args(current)[0]
+        else:
+            return None
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return current
+    return None
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin is typing.Union or origin is types.UnionType:
+            options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            if len(options) != 1:
+                return annotation
+            annotation = options[0]
+        else:
+            return annotation

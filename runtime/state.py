@@ -171,6 +171,7 @@ class JobState:
     running: int = 0
     started: bool = False
     rng: random.Random = field(default_factory=random.Random)
+    variables: dict[str, Any] = field(default_factory=dict)  # the score's prompt.variables
 
     @property
     def total_sheets(self) -> int:

@@ -403,6 +403,56 @@ def test_killing_the_caller_kills_the_group(tmp_path: Path) -> None:
     assert grandchild not in live_members(pids[0])
 
 
+def test_killing_the_caller_while_the_child_is_starting_kills_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Children start in spawn threads; the caller may be killed while the
+    # thread is still inside Popen. The child it then starts must not survive.
+    entered_read, entered_write = os.pipe()
+    release = threading.Event()
+    killed = threading.Event()
+    started: list[subprocess.Popen[bytes]] = []
+    real_popen, real_kill = process._popen, process._kill_abandoned
+
+    def slow_popen(*args: object) -> subprocess.Popen[bytes]:
+        os.write(entered_write, b"x")
+        release.wait(RESULT_TIMEOUT)
+        proc = real_popen(*args)  # type: ignore[arg-type]
+        started.append(proc)
+        return proc
+
+    def traced_kill(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            real_kill(proc)
+        finally:
+            killed.set()
+
+    monkeypatch.setattr(process, "_popen", slow_popen)
+    monkeypatch.setattr(process, "_kill_abandoned", traced_kill)
+
+    def scenario() -> BaseException | None:
+        caller = gevent.spawn(run_process, ["bash", "-c", "sleep 100 & wait"])
+        gevent.socket.wait_read(entered_read, timeout=10)
+        caller.kill(timeout=10)
+        outcome: BaseException | None = caller.value
+        return outcome
+
+    try:
+        # The hub is gone when the child starts: the spawn thread cleans up alone.
+        value = run_in_hub_thread(scenario)
+        release.set()
+        assert killed.wait(RESULT_TIMEOUT)
+    finally:
+        release.set()
+        os.close(entered_read)
+        os.close(entered_write)
+
+    assert isinstance(value, gevent.GreenletExit)
+    assert len(started) == 1
+    assert_reaped(started[0].pid)
+    assert_group_gone(started[0].pid)
+
+
 # --- hubs and concurrency -----------------------------------------------------
 
 

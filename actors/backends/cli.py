@@ -1,50 +1,128 @@
-"""The built-in ``cli`` instrument: the rendered prompt is a shell command.
+"""The CLI backend: one backend actor kind for every command-line instrument.
 
-Owns running ``bash -c PROMPT`` in the sheet's workspace as its own process
-group (killed, children included, on timeout or cancel), with a small
-environment (a base allow-list plus ``ENSEMBLE_*`` variables describing the
-sheet), and classifying the result: exit 0 is success, anything else a
-failure, a timeout a timeout. Profile-driven AI CLIs build on the same runner.
+Owns running one request on a CLI instrument described by its profile
+(``runtime.instruments``): the command line (prompt by flag, positional or on
+stdin, model, output format, extra flags), the environment (only the base
+allow-list, the profile's ``required_env``, explicitly passed variables and
+the ``ENSEMBLE_*`` variables describing the sheet), the workspace as working
+directory, the process in its own session (SIGTERM to the group on timeout or
+cancel, SIGKILL after the grace period: ``actors.process.run_process``), and
+turning what came back into an ``ExecutionResult`` with
+``runtime.instrument_output`` (answer, cost, outcome kind, wait, redacted
+output tails). The built-in ``cli`` instrument is the profile that runs
+``bash -c PROMPT``. It decides nothing about retries or waits.
+
+``default_backends`` builds a backend spec for every loaded profile, HTTP ones
+included (``actors.backends.http``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
+import gevent
 import gevent.event
 from pykka import ActorRef
 
-from actors.backends.base import BackendActor
+from actors.backends.base import BackendActor, BackendSpec
 from actors.base import ActorContext
-from actors.process import decode_output, run_process
+from actors.process import ProcessResult, decode_output, run_process
+from runtime.instrument_output import (
+    attempt_cost,
+    classify,
+    output_tail,
+    parse_output,
+    redact,
+)
+from runtime.instruments import (
+    BASE_ENVIRONMENT,
+    InstrumentProfile,
+    build_command,
+    build_environment,
+    builtin_profiles,
+    load_profiles,
+    profile_from_mapping,
+    secret_values,
+)
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult, OutcomeKind
 
-# Variables a shell command reasonably needs; nothing else from the host leaks in.
-BASE_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TMPDIR", "TZ")
+__all__ = ["BASE_ENVIRONMENT", "CliBackend", "CliBackendActor", "default_backends"]
+
+# How much of the answer and of stderr an ExecutionResult keeps (the tail).
+# Enough for cross-sheet context and error messages; a flood stays bounded.
+RESULT_KEEP_CHARS = 64 * 1024
+STDERR_KEEP_CHARS = 16 * 1024
+
+# Output above this is decoded, parsed and searched in the thread pool: json
+# and regex work on megabytes would otherwise hold the hub (DESIGN: orjson and
+# friends never yield).
+_OFF_HUB_BYTES = 512 * 1024
+
+_SHELL_PROFILE: dict[str, Any] = {
+    "name": "cli",
+    "kind": "cli",
+    "raw_prompt": True,
+    "cli": {"command": {"executable": "bash", "prompt_flag": "-c"}},
+}
 
 
 class CliBackend:
-    """Spec of the ``cli`` instrument for ``runtime.start(backends=...)``."""
+    """Spec of a CLI instrument for ``runtime.start(backends=...)``.
+
+    ``CliBackend()`` is the built-in ``cli`` instrument (``bash -c PROMPT``;
+    ``shell`` picks another shell). ``CliBackend(profile)`` runs any CLI
+    profile. ``pass_env`` names further host variables the tool may see;
+    ``extra_env`` sets variables outright. ``auto_approve=False`` leaves out
+    the profile's flag that skips the tool's permission prompts.
+    """
 
     def __init__(
         self,
+        profile: InstrumentProfile | None = None,
         *,
-        shell: str = "bash",
+        shell: str | None = None,
         max_concurrent: int | None = None,
         kill_grace_seconds: float = 5.0,
-        extra_env: dict[str, str] | None = None,
+        extra_env: Mapping[str, str] | None = None,
+        pass_env: Sequence[str] = (),
+        auto_approve: bool = True,
+        max_output_bytes: int = 10 * 1024 * 1024,
     ) -> None:
-        self.shell = shell
-        self._max_concurrent = max_concurrent
+        if profile is None:
+            profile = builtin_profiles().get("cli") or profile_from_mapping(_SHELL_PROFILE)
+        if profile.cli is None:
+            raise ValueError(
+                f"instrument {profile.name!r} is 'kind: {profile.kind}', not a CLI instrument; "
+                "use actors.backends.http.HttpBackend"
+            )
+        if shell is not None:
+            command = profile.cli.command.model_copy(update={"executable": shell})
+            cli = profile.cli.model_copy(update={"command": command})
+            profile = profile.model_copy(update={"cli": cli})
+        self.profile = profile
+        self._max_concurrent = (
+            max_concurrent if max_concurrent is not None else (profile.max_concurrent)
+        )
         self.kill_grace_seconds = kill_grace_seconds
         self.extra_env = dict(extra_env or {})
+        self.pass_env = tuple(pass_env)
+        self.auto_approve = auto_approve
+        self.max_output_bytes = max_output_bytes
 
     @property
     def max_concurrent(self) -> int | None:
         return self._max_concurrent
+
+    @property
+    def model_limits(self) -> dict[str | None, int]:
+        """At most this many attempts at once per model (S22), from the profile."""
+        return self.profile.model_limits
 
     def start_actor(self, context: ActorContext, instrument: str) -> ActorRef[Any]:
         return CliBackendActor.start(context, instrument=instrument, spec=self)
@@ -56,49 +134,133 @@ class CliBackendActor(BackendActor):
         self._spec = spec
 
     def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
-        started = time.monotonic()
-        process = run_process(
-            [self._spec.shell, "-c", request.prompt],
-            cwd=request.workspace,
-            env=self._environment(request),
-            timeout=request.timeout_seconds,
-            kill_grace_seconds=self._spec.kill_grace_seconds,
-            cancel=cancel,
+        return run_cli_request(self._spec, request, cancel)
+
+
+def run_cli_request(
+    spec: CliBackend,
+    request: ExecutionRequest,
+    cancel: gevent.event.Event | None = None,
+    *,
+    environment: Mapping[str, str] | None = None,
+) -> ExecutionResult:
+    """Run ``request`` on the spec's instrument from a greenlet; never raises
+    for anything the tool does. ``environment`` stands in for the host's."""
+    profile = spec.profile
+    host = os.environ if environment is None else environment
+    command = build_command(
+        profile,
+        request.prompt,
+        model=request.model,
+        workspace=request.workspace,
+        timeout_seconds=request.timeout_seconds,
+        auto_approve=spec.auto_approve,
+    )
+    env = build_environment(
+        profile,
+        host,
+        pass_env=spec.pass_env,
+        extra={
+            **spec.extra_env,
+            "ENSEMBLE_JOB_ID": request.job_id,
+            "ENSEMBLE_SHEET_NUM": str(request.sheet_num),
+            "ENSEMBLE_ATTEMPT": str(request.attempt),
+            "ENSEMBLE_WORKSPACE": request.workspace,
+        },
+    )
+    started = time.monotonic()
+    process = run_process(
+        command.argv,
+        cwd=request.workspace,
+        env=env,
+        stdin=command.stdin,
+        timeout=request.timeout_seconds,
+        kill_grace_seconds=spec.kill_grace_seconds,
+        cancel=cancel,
+        max_output_bytes=spec.max_output_bytes,
+    )
+    secrets = secret_values(profile, host)
+    if len(process.stdout) + len(process.stderr) > _OFF_HUB_BYTES:
+        result: ExecutionResult = gevent.get_hub().threadpool.apply(
+            interpret_process, (profile, request, process, secrets)
         )
-        stdout, stderr = decode_output(process.stdout), decode_output(process.stderr)
-        duration = time.monotonic() - started
-        if process.spawn_error is not None:
-            kind, error = OutcomeKind.FAILURE, process.spawn_error
-        elif process.cancelled:
-            kind, error = OutcomeKind.CANCELLED, "cancelled"
-        elif process.timed_out:
-            kind, error = OutcomeKind.TIMEOUT, f"timed out after {request.timeout_seconds:g} s"
-        elif process.wait_error is not None:
-            kind, error = OutcomeKind.FAILURE, process.wait_error
-        elif process.exit_code == 0:
-            kind, error = OutcomeKind.SUCCESS, None
-        else:
-            kind = OutcomeKind.FAILURE
-            detail = stderr.strip()[-500:]
-            error = f"exit code {process.exit_code}" + (f": {detail}" if detail else "")
+    else:
+        result = interpret_process(profile, request, process, secrets)
+    return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
+
+
+def interpret_process(
+    profile: InstrumentProfile,
+    request: ExecutionRequest,
+    process: ProcessResult,
+    secrets: Sequence[str] = (),
+    now: datetime | None = None,
+) -> ExecutionResult:
+    """The ``ExecutionResult`` of a finished process; pure apart from the clock."""
+    assert profile.cli is not None
+    stdout, stderr = decode_output(process.stdout), decode_output(process.stderr)
+    stderr_tail = output_tail(stderr, STDERR_KEEP_CHARS, secrets)
+    if process.spawn_error is not None:
+        error = process.spawn_error
+        if error.startswith("executable not found"):
+            error += (
+                f"; install it or set 'cli.command.executable' in the {profile.name!r} profile"
+                f" (run: ensemble instruments check {profile.name})"
+            )
+        return ExecutionResult(kind=OutcomeKind.FAILURE, error=error)
+    if process.cancelled or process.timed_out:
+        kind = OutcomeKind.CANCELLED if process.cancelled else OutcomeKind.TIMEOUT
+        error = (
+            "cancelled"
+            if process.cancelled
+            else f"timed out after {request.timeout_seconds:g} s; the process group was killed"
+        )
         return ExecutionResult(
             kind=kind,
             exit_code=process.exit_code,
-            stdout=stdout,
-            stderr=stderr,
-            duration_seconds=duration,
+            stdout=output_tail(stdout, RESULT_KEEP_CHARS, secrets),
+            stderr=stderr_tail,
             error=error,
         )
-
-    def _environment(self, request: ExecutionRequest) -> dict[str, str]:
-        environment = {name: os.environ[name] for name in BASE_ENVIRONMENT if name in os.environ}
-        environment.update(self._spec.extra_env)
-        environment.update(
-            {
-                "ENSEMBLE_JOB_ID": request.job_id,
-                "ENSEMBLE_SHEET_NUM": str(request.sheet_num),
-                "ENSEMBLE_ATTEMPT": str(request.attempt),
-                "ENSEMBLE_WORKSPACE": request.workspace,
-            }
+    if process.wait_error is not None:
+        return ExecutionResult(
+            kind=OutcomeKind.FAILURE,
+            stdout=output_tail(stdout, RESULT_KEEP_CHARS, secrets),
+            stderr=stderr_tail,
+            error=process.wait_error,
         )
-        return environment
+    parsed = parse_output(profile.cli.output, stdout)
+    verdict = classify(
+        profile.cli.errors,
+        exit_code=process.exit_code,
+        stdout=stdout,
+        stderr=stderr,
+        parsed=parsed,
+        output_format=profile.cli.output.format,
+        now=now if now is not None else datetime.now(UTC),
+    )
+    answer = parsed.result if parsed.structured else stdout
+    return ExecutionResult(
+        kind=verdict.kind,
+        exit_code=process.exit_code,
+        stdout=output_tail(answer, RESULT_KEEP_CHARS, secrets),
+        stderr=stderr_tail,
+        cost=attempt_cost(profile, request.model, parsed),
+        wait_seconds=verdict.wait_seconds,
+        error=redact(verdict.error, secrets) if verdict.error is not None else None,
+    )
+
+
+def default_backends(
+    profiles: Mapping[str, InstrumentProfile] | None = None,
+) -> dict[str, BackendSpec]:
+    """A backend spec per profile (loaded from the usual folders when None):
+    ``CliBackend`` for ``kind: cli``, ``HttpBackend`` for ``kind: http``."""
+    from actors.backends.http import HttpBackend
+
+    if profiles is None:
+        profiles = load_profiles()
+    specs: dict[str, BackendSpec] = {}
+    for name, profile in profiles.items():
+        specs[name] = HttpBackend(profile) if profile.kind == "http" else CliBackend(profile)
+    return specs

@@ -1,0 +1,255 @@
+"""The HTTP backend: instruments behind an OpenAI-compatible chat completions endpoint.
+
+Owns sending one request per attempt (``POST {base_url}/chat/completions``,
+the prompt as one user message) to Ollama, vLLM, llama.cpp's server or any
+compatible service, honouring the attempt's timeout and cancel, and turning
+the answer into an ``ExecutionResult`` with
+``runtime.instrument_output.interpret_chat_response`` (429 with Retry-After,
+authentication, capacity). It decides nothing about retries or waits.
+
+The client is the standard library's ``http.client`` on gevent's cooperative
+sockets (``gevent.socket``, ``gevent.ssl``), without monkey-patching: a request
+waits on the hub of the thread it runs in, like every other Ensemble task.
+Why no third-party client: one request and one response per attempt, no
+connection reuse worth having next to a model's seconds of latency, and the
+standard parser is mature; ``geventhttpclient`` would add a compiled
+dependency for none of that.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import gevent
+import gevent.event
+import gevent.socket
+import gevent.ssl
+from pykka import ActorRef
+
+from actors.backends.base import BackendActor
+from actors.base import ActorContext
+from runtime.instrument_output import (
+    ParsedOutput,
+    attempt_cost,
+    chat_request_body,
+    interpret_chat_response,
+    output_tail,
+    redact,
+)
+from runtime.instruments import InstrumentProfile, secret_values
+from runtime.messages import ExecutionRequest
+from runtime.outcomes import ExecutionResult, OutcomeKind
+
+__all__ = ["HttpBackend", "HttpBackendActor", "run_http_request"]
+
+# A chat answer is text; anything larger than this is not one.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+RESULT_KEEP_CHARS = 64 * 1024
+
+
+class HttpBackend:
+    """Spec of an HTTP instrument for ``runtime.start(backends=...)``.
+
+    ``api_key`` overrides the variable named by the profile's ``api_key_env``.
+    """
+
+    def __init__(
+        self,
+        profile: InstrumentProfile,
+        *,
+        max_concurrent: int | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        if profile.http is None:
+            raise ValueError(
+                f"instrument {profile.name!r} is 'kind: {profile.kind}', not an HTTP instrument; "
+                "use actors.backends.cli.CliBackend"
+            )
+        self.profile = profile
+        self._max_concurrent = (
+            max_concurrent if max_concurrent is not None else profile.max_concurrent
+        )
+        self.api_key = api_key
+
+    @property
+    def max_concurrent(self) -> int | None:
+        return self._max_concurrent
+
+    @property
+    def model_limits(self) -> dict[str | None, int]:
+        """At most this many attempts at once per model (S22), from the profile."""
+        return self.profile.model_limits
+
+    def start_actor(self, context: ActorContext, instrument: str) -> ActorRef[Any]:
+        return HttpBackendActor.start(context, instrument=instrument, spec=self)
+
+
+class HttpBackendActor(BackendActor):
+    def __init__(self, context: ActorContext, *, instrument: str, spec: HttpBackend) -> None:
+        super().__init__(context, instrument=instrument)
+        self._spec = spec
+
+    def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
+        return run_http_request(self._spec, request, cancel)
+
+
+class _Response:
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class _CooperativeConnection(http.client.HTTPConnection):
+    """``http.client`` on a gevent socket (TLS through gevent's ssl when asked)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float,
+        tls: gevent.ssl.SSLContext | None,
+    ) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._tls = tls
+
+    def connect(self) -> None:
+        sock = gevent.socket.create_connection((self.host, self.port), self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_hostname=self.host)
+        self.sock = sock
+
+
+def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> _Response:
+    parts = urlsplit(url)
+    secure = parts.scheme == "https"
+    connection = _CooperativeConnection(
+        parts.hostname or "localhost",
+        parts.port or (443 if secure else 80),
+        timeout=timeout,
+        tls=gevent.ssl.create_default_context() if secure else None,
+    )
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    try:
+        connection.request("POST", path, body=body, headers=dict(headers))
+        response = connection.getresponse()
+        data = response.read(MAX_RESPONSE_BYTES + 1)
+        return _Response(response.status, dict(response.getheaders()), data)
+    finally:
+        connection.close()
+
+
+def _post_or_error(
+    url: str, headers: Mapping[str, str], body: bytes, timeout: float
+) -> _Response | Exception:
+    # Returned, not raised: a greenlet that dies of an exception has gevent
+    # print its traceback, and a refused connection is no programming error.
+    try:
+        return _post(url, headers, body, timeout)
+    except Exception as exc:
+        return exc
+
+
+def run_http_request(
+    spec: HttpBackend,
+    request: ExecutionRequest,
+    cancel: gevent.event.Event | None = None,
+    *,
+    environment: Mapping[str, str] | None = None,
+) -> ExecutionResult:
+    """Send ``request`` to the spec's endpoint from a greenlet; never raises for
+    anything the server or the network does."""
+    profile = spec.profile
+    http_config = profile.http
+    assert http_config is not None
+    host = os.environ if environment is None else environment
+    api_key = spec.api_key
+    if api_key is None and http_config.api_key_env:
+        api_key = host.get(http_config.api_key_env)
+    secrets = [*secret_values(profile, host), *([api_key] if api_key else [])]
+    model = request.model if request.model is not None else profile.default_model
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    headers.update(http_config.headers)
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    body = json.dumps(chat_request_body(profile, request.prompt, model)).encode("utf-8")
+    url = http_config.chat_url
+    started = time.monotonic()
+    sender = gevent.spawn(_post_or_error, url, headers, body, request.timeout_seconds)
+    waitables: list[Any] = [sender]
+    if cancel is not None:
+        waitables.append(cancel)
+    try:
+        gevent.wait(waitables, timeout=request.timeout_seconds, count=1)
+    finally:
+        if not sender.ready():
+            sender.kill(block=True)
+    duration = time.monotonic() - started
+    outcome = sender.value
+    if not isinstance(outcome, _Response):
+        if cancel is not None and cancel.is_set():
+            return ExecutionResult(
+                kind=OutcomeKind.CANCELLED, error="cancelled", duration_seconds=duration
+            )
+        if not isinstance(outcome, Exception) or isinstance(outcome, TimeoutError):
+            # Killed at the deadline (GreenletExit), or a socket operation timed out.
+            return ExecutionResult(
+                kind=OutcomeKind.TIMEOUT,
+                error=f"no answer from {url} within {request.timeout_seconds:g} s",
+                duration_seconds=duration,
+            )
+        return ExecutionResult(
+            kind=OutcomeKind.FAILURE,
+            error=redact(_describe_network_error(url, outcome), secrets),
+            duration_seconds=duration,
+        )
+    response = outcome
+    if len(response.body) > MAX_RESPONSE_BYTES:
+        return ExecutionResult(
+            kind=OutcomeKind.FAILURE,
+            error=f"the answer from {url} is larger than {MAX_RESPONSE_BYTES} bytes",
+            duration_seconds=duration,
+        )
+    text = response.body.decode("utf-8", errors="replace")
+    chat = interpret_chat_response(
+        profile, response.status, response.headers, text, datetime.now(UTC)
+    )
+    tokens = ParsedOutput(
+        result=chat.answer, input_tokens=chat.input_tokens, output_tokens=chat.output_tokens
+    )
+    verdict = chat.verdict
+    return ExecutionResult(
+        kind=verdict.kind,
+        stdout=output_tail(chat.answer, RESULT_KEEP_CHARS, secrets),
+        stderr="" if verdict.kind is OutcomeKind.SUCCESS else output_tail(text, 4096, secrets),
+        cost=attempt_cost(profile, model, tokens),
+        duration_seconds=duration,
+        wait_seconds=verdict.wait_seconds,
+        error=redact(verdict.error, secrets) if verdict.error is not None else None,
+    )
+
+
+def _describe_network_error(url: str, error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return f"cannot connect to {url}: connection refused; is the server running?"
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the host of {url}: {error.strerror or error}"
+    if isinstance(error, http.client.HTTPException):
+        return f"invalid HTTP answer from {url}: {type(error).__name__}: {error}"
+    if isinstance(error, OSError):
+        return f"request to {url} failed: {error.strerror or error}"
+    return f"request to {url} failed: {type(error).__name__}: {error}"

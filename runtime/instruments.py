@@ -1,0 +1,460 @@
+"""Instrument profiles: what a tool is, how to call it, where profiles come from.
+
+Owns the profile models (Marianne's YAML format, SCORE_FORMAT.md "Instrument
+profiles", plus a few keys of Ensemble's own, each marked below), loading them
+from the built-ins shipped in ``runtime/profiles/``, then ``~/.ensemble/instruments/``,
+then ``./.ensemble/instruments/`` (a later profile with the same ``name``
+replaces an earlier one as a whole), and the pure construction of a CLI
+instrument's command line and environment. Reading a tool's output and
+classifying the outcome is ``runtime.instrument_output``; running anything is
+the backends' job (``actors/backends/``): nothing here starts a process or
+opens a socket.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runtime.errors import ProfileError
+
+BUILTIN_PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
+USER_PROFILE_DIR = Path("~/.ensemble/instruments")
+PROJECT_PROFILE_DIR = Path(".ensemble/instruments")
+
+# Variables every tool reasonably needs (a tool finds its own login through
+# HOME); a profile's `required_env` adds the ones that carry its credentials.
+# Nothing else from the host's environment reaches an instrument.
+BASE_ENVIRONMENT: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "TZ",
+)
+
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Model):
+    """One model an instrument can run, with its prices per 1000 tokens."""
+
+    name: str = Field(min_length=1)
+    context_window: int | None = Field(default=None, ge=1)
+    cost_per_1k_input: float = Field(default=0.0, ge=0)
+    cost_per_1k_output: float = Field(default=0.0, ge=0)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_concurrent: int | None = Field(default=None, ge=1)
+
+
+class CliCommand(_Model):
+    """How the command line is built (``build_command``)."""
+
+    executable: str = Field(min_length=1)
+    subcommand: str | None = None
+    # The prompt goes after this flag, or as the last positional argument when
+    # it is null. With `prompt_via_stdin` the prompt is written to stdin and
+    # the flag (if any) is followed by `stdin_sentinel` (if any), e.g. `-i -`.
+    prompt_flag: str | None = None
+    prompt_via_stdin: bool = False
+    stdin_sentinel: str | None = None
+    # Accepted for Marianne's profiles; Ensemble always starts every instrument
+    # in a new session so that its whole process group can be killed (S13).
+    start_new_session: bool = True
+    required_env: tuple[str, ...] = ()
+    model_flag: str | None = None
+    auto_approve_flag: str | None = None
+    output_format_flag: str | None = None
+    # Null: the format flag is a switch without a value (`--json`).
+    output_format_value: str | None = None
+    system_prompt_flag: str | None = None
+    allowed_tools_flag: str | None = None
+    mcp_config_flag: str | None = None
+    mcp_disable_args: tuple[str, ...] = ()
+    extra_flags: tuple[str, ...] = ()
+    timeout_flag: str | None = None
+    working_dir_flag: str | None = None
+
+    @field_validator("required_env")
+    @classmethod
+    def _variable_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+        return names
+
+
+class CliOutput(_Model):
+    """Where a tool puts its answer, its error and its token counts.
+
+    Paths are dotted keys into the JSON document (``usage.input_tokens``); a
+    ``*`` step matches every key of an object or item of a list. With
+    ``aggregate_tokens`` the matches are summed, else the first one counts.
+    """
+
+    format: Literal["text", "json", "jsonl"] = "text"
+    result_path: str | None = None
+    error_path: str | None = None
+    input_tokens_path: str | None = None
+    output_tokens_path: str | None = None
+    aggregate_tokens: bool = False
+    # jsonl: the events that carry the answer (their `type`, and key/values
+    # the event or one of its objects must have, e.g. {type: agent_message}).
+    completion_event_type: str | None = None
+    completion_event_filter: dict[str, Any] = Field(default_factory=dict)
+    # Ensemble: the cost the tool reports itself (preferred over token prices).
+    cost_path: str | None = None
+    # Ensemble: a true value here makes an exit that looks successful a failure.
+    is_error_path: str | None = None
+
+
+StreamName = Literal["stdout", "stderr"]
+
+
+class CliErrors(_Model):
+    """How an outcome is recognised (``runtime.instrument_output.classify``).
+
+    Patterns are regular expressions, matched case-insensitively.
+    """
+
+    success_exit_codes: tuple[int, ...] = (0,)
+    rate_limit_patterns: tuple[str, ...] = ()
+    auth_error_patterns: tuple[str, ...] = ()
+    capacity_patterns: tuple[str, ...] = ()
+    timeout_patterns: tuple[str, ...] = ()
+    # Ensemble: the streams searched for rate-limit messages. Null means both,
+    # with a guard against false alarms: after a successful exit the tool's
+    # answer itself is never searched (it may well talk about rate limits).
+    rate_limit_streams: tuple[StreamName, ...] | None = None
+    # Ensemble: how long an overloaded service is waited out when it says nothing.
+    capacity_wait_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator(
+        "rate_limit_patterns", "auth_error_patterns", "capacity_patterns", "timeout_patterns"
+    )
+    @classmethod
+    def _patterns_compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+        return patterns
+
+
+class CliConfig(_Model):
+    command: CliCommand
+    output: CliOutput = Field(default_factory=CliOutput)
+    errors: CliErrors = Field(default_factory=CliErrors)
+
+
+class HttpConfig(_Model):
+    """Ensemble: an OpenAI-compatible chat completions endpoint (Ollama, vLLM, ...)."""
+
+    base_url: str = Field(pattern=r"^https?://")
+    chat_path: str = "/chat/completions"
+    # The variable holding the API key, sent as a bearer token; null for none.
+    api_key_env: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)
+    capacity_wait_seconds: float = Field(default=60.0, gt=0)
+
+    @property
+    def chat_url(self) -> str:
+        return self.base_url.rstrip("/") + "/" + self.chat_path.lstrip("/")
+
+
+class InstrumentProfile(_Model):
+    """One instrument: a CLI tool (``kind: cli``) or an HTTP endpoint (``kind: http``)."""
+
+    name: str = Field(pattern=_NAME_PATTERN)
+    display_name: str | None = None
+    description: str | None = None
+    kind: Literal["cli", "http"] = "cli"
+    capabilities: tuple[str, ...] = ()
+    raw_prompt: bool = False
+    default_model: str | None = None
+    default_timeout_seconds: float = Field(default=1800.0, gt=0)
+    # Ensemble: at most this many attempts at once on the instrument.
+    max_concurrent: int | None = Field(default=None, ge=1)
+    models: tuple[ModelSpec, ...] = ()
+    cli: CliConfig | None = None
+    http: HttpConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_for_kind(self) -> InstrumentProfile:
+        if self.kind == "cli" and self.cli is None:
+            raise ValueError("a 'kind: cli' profile needs a 'cli' section with 'command'")
+        if self.kind == "http" and self.http is None:
+            raise ValueError("a 'kind: http' profile needs an 'http' section with 'base_url'")
+        names = [model.name for model in self.models]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"model listed twice: {', '.join(duplicates)}")
+        return self
+
+    def model(self, name: str | None) -> ModelSpec | None:
+        """The spec of model ``name`` (the default model when None), if listed."""
+        wanted = name if name is not None else self.default_model
+        for model in self.models:
+            if model.name == wanted:
+                return model
+        return None
+
+    @property
+    def model_limits(self) -> dict[str | None, int]:
+        """Per-model ``max_concurrent``; the key None (a sheet that names no
+        model) gets the default model's limit."""
+        limits: dict[str | None, int] = {
+            model.name: model.max_concurrent
+            for model in self.models
+            if model.max_concurrent is not None
+        }
+        if self.default_model in limits:
+            limits[None] = limits[self.default_model]
+        return limits
+
+    @property
+    def required_env(self) -> tuple[str, ...]:
+        """The variables that may carry this instrument's credentials."""
+        if self.cli is not None:
+            return self.cli.command.required_env
+        if self.http is not None and self.http.api_key_env:
+            return (self.http.api_key_env,)
+        return ()
+
+
+@dataclass(frozen=True, slots=True)
+class FoundProfile:
+    """A profile and the file it came from (``None`` for a mapping)."""
+
+    profile: InstrumentProfile
+    source: Path | None
+
+
+# --- loading ----------------------------------------------------------------------
+
+
+def profile_dirs(cwd: Path | None = None) -> tuple[Path, ...]:
+    """Where profiles are looked for, earliest first (later ones override)."""
+    return (
+        BUILTIN_PROFILE_DIR,
+        USER_PROFILE_DIR.expanduser(),
+        (cwd or Path.cwd()) / PROJECT_PROFILE_DIR,
+    )
+
+
+def find_profiles(dirs: Iterable[Path] | None = None) -> list[FoundProfile]:
+    """Every profile in ``dirs`` (default ``profile_dirs()``), in override order.
+
+    A missing folder is skipped; an unreadable or invalid file, or two files
+    of one folder with the same ``name``, raise ``ProfileError``.
+    """
+    found: list[FoundProfile] = []
+    for folder in dirs if dirs is not None else profile_dirs():
+        if not folder.is_dir():
+            continue
+        in_folder: dict[str, Path] = {}
+        for path in sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")]):
+            profile = load_profile_file(path)
+            earlier = in_folder.get(profile.name)
+            if earlier is not None:
+                raise ProfileError(
+                    f"instrument {profile.name!r} is also defined in {earlier}; "
+                    "rename one of them or delete it",
+                    key_path="name",
+                    source=str(path),
+                )
+            in_folder[profile.name] = path
+            found.append(FoundProfile(profile, path))
+    return found
+
+
+def load_profiles(dirs: Iterable[Path] | None = None) -> dict[str, InstrumentProfile]:
+    """The profiles by name; a later folder's profile replaces an earlier one."""
+    return {found.profile.name: found.profile for found in find_profiles(dirs)}
+
+
+def builtin_profiles() -> dict[str, InstrumentProfile]:
+    """Only the profiles shipped with Ensemble."""
+    return load_profiles([BUILTIN_PROFILE_DIR])
+
+
+def load_profile_file(path: Path) -> InstrumentProfile:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"cannot read instrument profile: {exc}", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ProfileError(
+            f"invalid YAML: {problem}",
+            source=str(path),
+            line=mark.line + 1 if mark is not None else None,
+        ) from None
+    if not isinstance(data, Mapping):
+        raise ProfileError("an instrument profile must be a YAML mapping", source=str(path))
+    return profile_from_mapping(data, source=str(path))
+
+
+def profile_from_mapping(
+    data: Mapping[str, Any], *, source: str = "<profile>"
+) -> InstrumentProfile:
+    try:
+        return InstrumentProfile.model_validate(dict(data))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key_path = ".".join(str(part) for part in first["loc"]) or None
+        message = _describe(first)
+        more = len(exc.errors()) - 1
+        if more:
+            message += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ProfileError(message, key_path=key_path, source=source) from None
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key; remove it or check its spelling"
+    if kind == "missing":
+        return "required key is missing"
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    if not isinstance(value, Mapping | list):
+        message += f" (got {value!r})"
+    return message
+
+
+# --- the command line and its environment -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CommandLine:
+    argv: tuple[str, ...]
+    stdin: bytes | None
+    """The prompt, when the tool reads it from stdin; else None (stdin is empty)."""
+
+
+def build_command(
+    profile: InstrumentProfile,
+    prompt: str,
+    *,
+    model: str | None = None,
+    workspace: str | None = None,
+    timeout_seconds: float | None = None,
+    auto_approve: bool = True,
+) -> CommandLine:
+    """The argv (and stdin) that runs ``prompt`` on a CLI instrument.
+
+    Order: executable, subcommand, model, auto-approve, output format, MCP,
+    extra flags, working directory, timeout, then the prompt (or its stdin
+    marker) last, where positional prompts must be.
+    """
+    if profile.cli is None:
+        raise ValueError(f"instrument {profile.name!r} is not a CLI instrument")
+    command = profile.cli.command
+    argv: list[str] = [command.executable]
+    if command.subcommand:
+        argv.append(command.subcommand)
+    chosen_model = model if model is not None else profile.default_model
+    if chosen_model and command.model_flag:
+        argv += [command.model_flag, chosen_model]
+    if auto_approve and command.auto_approve_flag:
+        argv.append(command.auto_approve_flag)
+    if command.output_format_flag:
+        argv.append(command.output_format_flag)
+        if command.output_format_value is not None:
+            argv.append(command.output_format_value)
+    argv += command.mcp_disable_args
+    argv += command.extra_flags
+    if workspace is not None and command.working_dir_flag:
+        argv += [command.working_dir_flag, workspace]
+    if timeout_seconds is not None and command.timeout_flag:
+        argv += [command.timeout_flag, str(max(1, int(timeout_seconds)))]
+    if command.prompt_via_stdin:
+        if command.prompt_flag:
+            argv.append(command.prompt_flag)
+        if command.stdin_sentinel:
+            argv.append(command.stdin_sentinel)
+        return CommandLine(tuple(argv), prompt.encode("utf-8"))
+    if command.prompt_flag:
+        argv.append(command.prompt_flag)
+    argv.append(prompt)
+    return CommandLine(tuple(argv), None)
+
+
+def build_environment(
+    profile: InstrumentProfile,
+    host_environment: Mapping[str, str],
+    *,
+    pass_env: Sequence[str] = (),
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The instrument's whole environment: the base allow-list, the profile's
+    ``required_env`` and ``pass_env`` taken from the host when set, then ``extra``."""
+    allowed = (*BASE_ENVIRONMENT, *profile.required_env, *pass_env)
+    environment = {name: host_environment[name] for name in allowed if name in host_environment}
+    environment.update(extra or {})
+    return environment
+
+
+def secret_values(profile: InstrumentProfile, host_environment: Mapping[str, str]) -> list[str]:
+    """Values of the credential variables, to be redacted from any output kept."""
+    return [
+        host_environment[name]
+        for name in profile.required_env
+        if len(host_environment.get(name, "")) >= 8
+    ]
+
+
+@lru_cache(maxsize=256)
+def compile_patterns(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """One case-insensitive regex matching any of ``patterns`` (None for none)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{pattern})" for pattern in patterns), re.IGNORECASE)
+
+
+__all__ = [
+    "BASE_ENVIRONMENT",
+    "BUILTIN_PROFILE_DIR",
+    "CliCommand",
+    "CliConfig",
+    "CliErrors",
+    "CliOutput",
+    "CommandLine",
+    "FoundProfile",
+    "HttpConfig",
+    "InstrumentProfile",
+    "ModelSpec",
+    "build_command",
+    "build_environment",
+    "builtin_profiles",
+    "compile_patterns",
+    "find_profiles",
+    "load_profile_file",
+    "load_profiles",
+    "profile_dirs",
+    "profile_from_mapping",
+    "secret_values",
+]
