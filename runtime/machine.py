@@ -614,6 +614,11 @@ def pause(state: JobState, now: float, fx: Effects) -> bool:
 
 def resume(state: JobState, now: float, fx: Effects) -> bool:
     """S25, S24: dispatch again, unless a fermata is open or the cost is still over."""
+    if state.storage_error and state.status in FINAL_JOB_STATUSES:
+        # Only the final batch is waiting: resuming retries its commit.
+        state.storage_error = None
+        fx.job_dirty = True
+        return True
     if state.status in FINAL_JOB_STATUSES or not (
         state.paused_by_user or state.paused_for_cost or state.storage_error
     ):
@@ -699,8 +704,13 @@ def resolve_fermata(
 
 def storage_failed(state: JobState, error: str, now: float, fx: Effects) -> None:
     """The checkpoint could not be written: the job pauses until ``resume`` (DESIGN
-    rule 3: nothing of the failed batch was released). Nothing committed is lost."""
+    rule 3: nothing of the failed batch was released). Nothing committed is lost.
+    A job whose final batch failed keeps its final status in memory, but is not
+    reported final until that batch is committed."""
     state.storage_error = error
+    if state.status in FINAL_JOB_STATUSES:
+        _emit(state, fx, 0, ev.JOB_PAUSED, now, reason="storage", error=error)
+        return
     _update_pause(state, now, fx)
 
 
@@ -728,10 +738,11 @@ def job_result(state: JobState) -> JobResult:
 
 
 def job_progress(state: JobState) -> JobProgress:
+    # A job whose last batch is held by a storage error is paused, final or not.
     return JobProgress(
         job_id=state.job_id,
         name=state.plan.name,
-        status=state.status,
+        status=JobStatus.PAUSED if state.storage_error else state.status,
         total_sheets=state.total_sheets,
         counts={status.value: count for status, count in state.counts.items() if count},
         cost=state.cost,
