@@ -107,6 +107,18 @@ def prepare_attempt(
     )
 
 
+def _prepare_reads_files(plan: Plan, sheet: SheetPlan) -> bool:
+    """Whether preparing an attempt touches the disk (injected files, captured
+    files, mtimes for file_modified), and so must run in a task greenlet."""
+    cross = plan.cross_sheet
+    return bool(
+        plan.prelude
+        or sheet.cadenzas
+        or (cross is not None and cross.capture_files)
+        or any(rule.type == "file_modified" for rule in plan.validations)
+    )
+
+
 def evaluate_skip_command(
     plan: Plan, sheet: SheetPlan, user_variables: Mapping[str, Any] | None = None
 ) -> SkipVerdict:
@@ -228,11 +240,19 @@ class SheetActor(EnsembleActor):
                 passed=tuple(name for name, passed in message.validations if passed),
                 failed=tuple(name for name, passed in message.validations if not passed),
             )
-        # Read by the job once it passes cross-sheet outputs (S31); empty until then.
-        prior = getattr(message, "prior_outputs", None) or {}
-        self._task = self.spawn_task(
-            self._prepare, message.attempt, message.retry_number, prior, completion
-        )
+        prior = message.prior_outputs
+        if _prepare_reads_files(self._plan, self._current):
+            self._task = self.spawn_task(
+                self._prepare, message.attempt, message.retry_number, prior, completion
+            )
+            return
+        # Nothing to read from disk: prepare in the handler, no task greenlet.
+        try:
+            prepared = self._prepare(message.attempt, message.retry_number, prior, completion)
+        except Exception as exc:  # noqa: BLE001 - reported as a failed attempt, as in a task
+            self._prepared_done(TaskDone(0, None, exc))
+            return
+        self._prepared_done(TaskDone(0, prepared, None))
 
     def _sheet_for(self, lease: Lease) -> SheetPlan:
         """The sheet as this attempt plays it: on a fallback, the lease's instrument."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.runtime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from loguru import logger
 
@@ -102,8 +103,13 @@ def _compile(source: str, key_path: str) -> jinja2.Template:
 
 
 def _render(template: jinja2.Template, context: Mapping[str, Any], key_path: str) -> str:
+    # One flat dict with the environment's globals, in a Context built without
+    # the template's globals ChainMap: Jinja's own new_context walks that map on
+    # every render, which cost more than the rendering itself.
+    flat = {**_ENVIRONMENT.globals, **context}
     try:
-        return template.render(context)
+        frame = jinja2.runtime.Context(_ENVIRONMENT, flat, template.name, template.blocks)
+        return _ENVIRONMENT.concat(template.root_render_func(frame))
     except jinja2.UndefinedError as exc:
         raise PromptError(
             f"undefined template variable: {exc.message}; define it under prompt.variables "
