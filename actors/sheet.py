@@ -249,7 +249,7 @@ class SheetActor(EnsembleActor):
         # Nothing to read from disk: prepare in the handler, no task greenlet.
         try:
             prepared = self._prepare(message.attempt, message.retry_number, prior, completion)
-        except Exception as exc:  # noqa: BLE001 - reported as a failed attempt, as in a task
+        except Exception as exc:  # reported as a failed attempt, as in a task
             self._prepared_done(TaskDone(0, None, exc))
             return
         self._prepared_done(TaskDone(0, prepared, None))

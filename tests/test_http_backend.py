@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -263,6 +266,49 @@ def test_connection_refused_says_whether_the_server_runs() -> None:
     assert result.error == (
         f"cannot connect to {url}/chat/completions: connection refused; is the server running?"
     )
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make a certificate")
+def test_https_through_gevent_ssl_verifies_the_certificate(
+    server: FakeChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.httpd.socket = context.wrap_socket(server.httpd.socket, server_side=True)
+    secure_url = server.url.replace("http://", "https://")
+    spec = HttpBackend(http_profile(secure_url))
+
+    untrusted = run(spec, request("answer x"))
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    trusted = run(spec, request("answer over tls"))
+
+    assert untrusted.kind is K.FAILURE
+    assert untrusted.error is not None and "CERTIFICATE_VERIFY_FAILED" in untrusted.error
+    assert (trusted.kind, trusted.stdout) == (K.SUCCESS, "over tls")
 
 
 def test_an_http_spec_refuses_a_cli_profile() -> None:

@@ -126,11 +126,11 @@ def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_n
     backend = ScriptedBackend(default=Succeed(cost=1.0))
     again = ScriptedBackend(default=Succeed(cost=1.0))
     clock2 = TimerClock()  # the same wall time: nothing is due yet
-    rt2 = start_rt({"mock": backend, "limited": again}, clock=clock2, recover=True)
+    rt2 = start_rt({"mock": backend, "limited": again}, clock=clock2)
     log2 = EventLog()
-    rt2.subscribe(log2)
+    rt2.subscribe(log2)  # before recovering, so no event is missed
+    (recovered,) = rt2.recover()
     assert rt2.recovery_errors == []
-    (recovered,) = rt2.recovered
     assert recovered.job_id == handle.job_id
 
     # 3 runs again at once (its interrupted attempt counted, no retry spent), then 5.

@@ -107,7 +107,7 @@ class CliBackend:
             profile = profile.model_copy(update={"cli": cli})
         self.profile = profile
         self._max_concurrent = (
-            max_concurrent if max_concurrent is not None else (profile.max_concurrent)
+            max_concurrent if max_concurrent is not None else profile.max_concurrent
         )
         self.kill_grace_seconds = kill_grace_seconds
         self.extra_env = dict(extra_env or {})

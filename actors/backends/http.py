@@ -139,7 +139,7 @@ def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> 
         parts.hostname or "localhost",
         parts.port or (443 if secure else 80),
         timeout=timeout,
-        tls=gevent.ssl.create_default_context() if secure else None,
+        tls=_tls_context() if secure else None,
     )
     path = parts.path or "/"
     if parts.query:
@@ -151,6 +151,18 @@ def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> 
         return _Response(response.status, dict(response.getheaders()), data)
     finally:
         connection.close()
+
+
+def _tls_context() -> gevent.ssl.SSLContext:
+    """Verifying TLS through gevent's own SSL sockets.
+
+    Not ``gevent.ssl.create_default_context()``: without monkey-patching that
+    is the standard library's, whose sockets would block the hub. The system's
+    CAs, or those named by SSL_CERT_FILE / SSL_CERT_DIR, are trusted.
+    """
+    context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
+    context.load_default_certs()
+    return context
 
 
 def _post_or_error(
