@@ -279,6 +279,9 @@ def _compact(job: _OpenJob) -> None:
 
 
 def _snapshot_and_close(job: _OpenJob, fsync: bool) -> None:
-    journal.append_and_sync(job.journal, b"", fsync=fsync)
-    _compact(job)
-    job.journal.close()
+    try:
+        journal.append_and_sync(job.journal, b"", fsync=fsync)
+        _compact(job)
+    finally:
+        # The journal holds everything if the snapshot failed: closing loses nothing.
+        job.journal.close()

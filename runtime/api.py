@@ -21,7 +21,7 @@ from loguru import logger
 from pykka import ActorRef
 
 from actors.backends.base import BackendSpec
-from actors.backends.cli import CliBackend
+from actors.backends.cli import default_backends
 from actors.base import ActorContext, ActorRegistry
 from actors.bus import EventBus
 from actors.hub import HubClock, HubThread
@@ -40,6 +40,7 @@ from runtime.errors import (
     UnknownInstrumentError,
 )
 from runtime.events import Event
+from runtime.instruments import InstrumentProfile, load_profiles
 from runtime.messages import (
     ClearRateLimits,
     JobCommand,
@@ -69,12 +70,15 @@ def start(
     recover: bool = False,
     self_healing: bool = False,
     escalation: bool = False,
+    profiles: Mapping[str, InstrumentProfile] | None = None,
 ) -> Runtime:
     """Start a runtime whose checkpoints live in ``state_dir``.
 
-    ``backends`` maps instrument names to backend specs (``CliBackend``,
-    ``runtime.testing.ScriptedBackend``, ...); the built-in ``cli`` instrument
-    is always there unless replaced. ``self_healing`` and ``escalation`` are
+    Every instrument profile (Ensemble's built-ins, then
+    ``~/.ensemble/instruments/``, then ``./.ensemble/instruments/``, or
+    ``profiles`` when given) gets a backend; ``backends`` maps instrument
+    names to backend specs that add to or replace them (``CliBackend``,
+    ``runtime.testing.ScriptedBackend``, ...). ``self_healing`` and ``escalation`` are
     the defaults for S15 (one extra attempt; a fermata for a human) that
     ``submit`` may override per job.
 
@@ -91,9 +95,14 @@ def start(
         raise EnsembleError(
             f"durability must be one of {', '.join(DURABILITY_SETTINGS)}, not {durability!r}"
         )
+    if profiles is None:
+        profiles = load_profiles()
     return Runtime(
         Path(state_dir),
-        backends={"cli": CliBackend(), **(backends or {})},
+        backends={**default_backends(profiles), **(backends or {})},
+        raw_prompt_instruments=frozenset(
+            name for name, profile in profiles.items() if profile.raw_prompt
+        ),
         max_concurrent_sheets=max_concurrent_sheets,
         clock=clock,
         fsync=durability == "fsync",
@@ -152,8 +161,10 @@ class Runtime:
         self_healing: bool = False,
         escalation: bool = False,
         recover: bool = False,
+        raw_prompt_instruments: frozenset[str] = frozenset({"cli"}),
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.raw_prompt_instruments = raw_prompt_instruments
         self.recovered: list[JobHandle] = []
         self.recovery_errors: list[str] = []
         self.self_healing = self_healing
@@ -237,7 +248,7 @@ class Runtime:
         if job_id is not None:
             check_job_id(job_id)
         loaded = load_score(score)
-        plan = build_plan(loaded)
+        plan = build_plan(loaded, raw_prompt_instruments=self.raw_prompt_instruments)
         template = PromptTemplate(loaded.prompt.template or "", variables=loaded.prompt.variables)
         policy = policy_from_score(
             loaded,
@@ -298,7 +309,7 @@ class Runtime:
         snapshot_path = job_dir / journal.SNAPSHOT_FILE
         try:
             score = load_score(loaded.score)
-            plan = build_plan(score)
+            plan = build_plan(score, raw_prompt_instruments=self.raw_prompt_instruments)
         except ConfigError as exc:
             raise PersistenceError(
                 f"the stored score {job_dir / journal.SCORE_FILE} cannot be planned: {exc}"
@@ -425,6 +436,11 @@ class Runtime:
         thread = getattr(actor, "delivery_thread", None)
         if isinstance(thread, threading.Thread):
             thread.join(timeout)
+
+    @property
+    def instruments(self) -> frozenset[str]:
+        """The instruments this runtime has a backend for."""
+        return frozenset(self._backend_specs)
 
     def alive_actors(self) -> int:
         """How many of this runtime's actors are running (0 after ``stop``)."""

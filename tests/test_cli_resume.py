@@ -190,3 +190,19 @@ def test_help_lists_resume(capsys: pytest.CaptureFixture[str]) -> None:
     assert "resume" in capsys.readouterr().out
     assert main(["resume", "--help"]) == 0
     assert "--state-dir" in capsys.readouterr().out
+
+
+def test_status_and_resume_ignore_a_job_folder_still_being_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill while a job's folder was being filled leaves a hidden folder only."""
+    state = tmp_path / "state"
+    hidden = journal.jobs_dir(state) / f"{journal.TEMPORARY_PREFIX}x1"
+    hidden.mkdir(parents=True)
+    (hidden / journal.SNAPSHOT_FILE).write_text("{")
+    capsys.readouterr()
+    assert main(["status", "--state-dir", str(state), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"jobs": []}
+    code, out, err = resume(capsys, "--state-dir", str(state))
+    assert (code, err) == (0, "")
+    assert "nothing to resume" in out.lower()

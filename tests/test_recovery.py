@@ -23,9 +23,11 @@ from loguru import logger
 from support import WAIT_SECONDS, EventLog, ScoreFactory, TimerClock
 
 import runtime
+from actors.sheet import SheetActor
 from runtime import events as ev
 from runtime import journal
 from runtime.errors import EnsembleError, JobNotFoundError, PersistenceError
+from runtime.messages import CancelAttempt
 from runtime.state import JobStatus as J
 from runtime.state import SheetStatus as S
 from runtime.testing import AuthFailure, Fail, Hang, RateLimit, ScriptedBackend, Succeed
@@ -254,8 +256,8 @@ def test_S29_S17_rate_limit_block_is_sent_to_the_pool_again(
     rt2 = start_rt({"mock": backend}, clock=clock2, recover=True)
     (recovered,) = rt2.recovered
     if clock2 is not None:
+        clock2.wait_for_pending(1)  # the block is back: the pool armed its end
         other = rt2.submit(make_score(name="other", sheets=1))
-        clock2.wait_for_pending(1)  # the pool's timer for the end of the block
         assert clock2.advance(899) == 0
         assert backend.calls() == 0  # the other job's sheet waits too: same instrument
         clock2.advance(1)
@@ -615,3 +617,110 @@ def test_a_job_folder_left_half_created_by_a_kill_is_ignored_and_does_not_hold_t
     handle = rt.submit(make_score(sheets=1), job_id="abc123")
     assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
     assert [path.name for path in journal.list_job_dirs(rt.state_dir)] == ["abc123"]
+
+
+def test_S29_S31_previous_outputs_survive_a_restart(
+    start_rt: Starter, make_score: ScoreFactory
+) -> None:
+    """The output of a sheet finished before the crash reaches a later sheet's
+    prompt after it, from the checkpoint."""
+    first = ScriptedBackend({1: Succeed(stdout="alpha-output"), 2: Hang()})
+    rt = start_rt({"mock": first})
+    log = EventLog()
+    rt.subscribe(log)
+    score = make_score(
+        sheets=2,
+        max_concurrent=None,
+        template="sheet {{ sheet_num }} saw {{ previous_outputs }}",
+        cross_sheet={"auto_capture_stdout": True},
+    )
+    handle = rt.submit(score)
+    assert first.wait_for_calls(2, WAIT_SECONDS)
+    (before,) = [r.prompt for r in first.requests if r.sheet_num == 2]
+    assert "alpha-output" in before
+    rt.stop()
+
+    backend = ScriptedBackend()
+    rt2 = start_rt({"mock": backend}, recover=True)
+    (recovered,) = rt2.recovered
+    assert recovered.wait(WAIT_SECONDS).status is J.COMPLETED
+    (request,) = backend.requests
+    assert (request.sheet_num, request.attempt) == (2, 2)
+    assert "alpha-output" in request.prompt
+    assert sheet_records(stored(rt2, handle.job_id))[1]["output_tail"] == "alpha-output"
+
+
+def test_S29_S5_sheet_skipped_by_its_condition_stays_skipped_and_satisfies_its_dependent(
+    start_rt: Starter, make_score: ScoreFactory
+) -> None:
+    first = ScriptedBackend(default=Hang())
+    rt = start_rt({"mock": first})
+    log = EventLog()
+    rt.subscribe(log)
+    score = make_score(sheets=2, max_concurrent=None, sheet={"skip_when": {1: "sheet_num == 1"}})
+    handle = rt.submit(score)
+    log.wait_for_count(ev.SHEET_SKIPPED, 1)
+    assert first.wait_for_calls(1, WAIT_SECONDS)  # sheet 2, released by the skip
+    rt.stop()
+    assert sheet_records(stored(rt, handle.job_id))[1]["skip_reason"] == "condition"
+
+    backend = ScriptedBackend()
+    rt2 = start_rt({"mock": backend}, recover=True)
+    (recovered,) = rt2.recovered
+    result = recovered.wait(WAIT_SECONDS)
+    assert result.status is J.COMPLETED  # S27: skipped by a condition counts as done
+    assert [(r.sheet_num, r.attempt) for r in backend.requests] == [(2, 2)]
+    assert result.sheets[1].status is S.SKIPPED and result.sheets[1].attempts == 0
+
+
+def test_S29_ready_sheet_waiting_for_a_slot_runs_after_recovery(
+    start_rt: Starter, make_score: ScoreFactory
+) -> None:
+    first = ScriptedBackend(default=Hang())
+    rt = start_rt({"mock": first})
+    handle = rt.submit(make_score(sheets=2, independent=True, max_concurrent=1))
+    assert first.wait_for_calls(1, WAIT_SECONDS)
+    rt.stop()
+    statuses = [s["status"] for s in stored(rt, handle.job_id)["sheets"]]
+    assert statuses == ["dispatched", "ready"]
+
+    backend = ScriptedBackend()
+    rt2 = start_rt({"mock": backend}, recover=True)
+    (recovered,) = rt2.recovered
+    assert recovered.wait(WAIT_SECONDS).status is J.COMPLETED
+    assert [(r.sheet_num, r.attempt) for r in backend.requests] == [(1, 2), (2, 1)]
+
+
+def test_S29_S26_a_job_stopped_while_cancelling_ends_cancelled_after_recovery(
+    start_rt: Starter, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runtime stops while a cancel waits for its running attempts to end (they
+    ignore it here, as a slow process would): the checkpoint says 'cancelling',
+    and the next runtime finishes the cancel without running anything."""
+    real = SheetActor.on_receive
+
+    def slow_to_cancel(self: SheetActor, message: Any) -> Any:
+        return None if isinstance(message, CancelAttempt) else real(self, message)
+
+    monkeypatch.setattr(SheetActor, "on_receive", slow_to_cancel)
+    first = ScriptedBackend({1: Succeed()}, default=Hang())
+    rt = start_rt({"mock": first})
+    log = EventLog()
+    rt.subscribe(log)
+    handle = rt.submit(make_score(sheets=4, dependencies={4: [2], 1: [], 2: [], 3: []}))
+    log.wait_for_count(ev.SHEET_COMPLETED, 1)
+    assert first.wait_for_calls(3, WAIT_SECONDS)
+    assert handle.cancel()
+    log.wait_for(lambda events: any(e.event == ev.SHEET_CANCELLED for e in events))  # sheet 4
+    rt.stop()
+    checkpoint = stored(rt, handle.job_id)
+    assert checkpoint["status"] == "running" and checkpoint["cancelling"] is True
+
+    backend = ScriptedBackend()
+    rt2 = start_rt({"mock": backend}, recover=True)
+    (recovered,) = rt2.recovered
+    result = recovered.wait(WAIT_SECONDS)
+    assert result.status is J.CANCELLED
+    assert backend.calls() == 0
+    statuses = [s["status"] for s in stored(rt2, handle.job_id)["sheets"]]
+    assert statuses == ["completed", "cancelled", "cancelled", "cancelled"]

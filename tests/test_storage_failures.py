@@ -293,19 +293,6 @@ def test_a_snapshot_that_cannot_be_written_leaves_the_old_one_and_no_temporary_f
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint.json"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: when the commit that fails is the job's last one (the batch that makes "
-        "the job final), runtime/machine.py storage_failed() leaves the job 'completed' "
-        "in memory (_update_pause ignores final jobs), so it is never paused, and "
-        "resume() refuses a final job and never clears storage_error: actors/job.py "
-        "holds the batch forever, the checkpoint stays 'running' and job.wait() hangs. "
-        "Fix: let storage_failed/resume work on a job whose final batch is held (e.g. "
-        "resume clears storage_error whatever the status, and the job reports a "
-        "storage pause while its final commit is pending)."
-    ),
-)
 def test_a_failed_final_commit_pauses_the_job_and_resume_finishes_it(
     rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
