@@ -30,6 +30,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py --sheets 1000 --shape independent
 	$(BIN)/python bench/throughput.py --sheets 10000 --shape independent
+	$(BIN)/python bench/throughput.py --sheets 2000 --shape chain
+	$(BIN)/python bench/throughput.py --sheets 10000 --shape fanout
+	$(BIN)/python bench/plan_bench.py
+	$(BIN)/python bench/subprocess_fanout.py --sheets 200 --seconds 1 --concurrency 100
+	$(BIN)/python bench/subprocess_fanout.py --sheets 1000 --seconds 1 --concurrency 500
+	$(BIN)/python bench/crash_torture.py --sheets 300 --kills 20
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -345,7 +345,7 @@ class Runtime:
         """Every instrument a plan's sheets may run on has a backend here."""
         needed = set(plan.instruments)
         for sheet in plan.sheets:
-            needed.update(getattr(sheet, "fallbacks", ()))
+            needed.update(sheet.fallbacks)
         missing = sorted(needed - self._backend_specs.keys())
         if missing:
             known = ", ".join(sorted(self._backend_specs)) or "none"

@@ -752,14 +752,14 @@ def job_progress(state: JobState) -> JobProgress:
 def instrument_chain(state: JobState, sheet_num: int) -> tuple[str, ...]:
     """The sheet's instrument followed by its fallbacks, in order (S15)."""
     sheet_plan = state.plan.sheet(sheet_num)
-    return (sheet_plan.instrument, *getattr(sheet_plan, "fallbacks", ()))
+    return (sheet_plan.instrument, *sheet_plan.fallbacks)
 
 
 def current_instrument(state: JobState, sheet: SheetState) -> tuple[str, str | None]:
     """The instrument and model the sheet's next attempt runs on."""
     sheet_plan = state.plan.sheet(sheet.num)
     if sheet.instrument_index == 0:
-        return sheet_plan.instrument, getattr(sheet_plan, "model", None)
+        return sheet_plan.instrument, sheet_plan.model
     return instrument_chain(state, sheet.num)[sheet.instrument_index], None
 
 

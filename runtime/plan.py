@@ -77,8 +77,6 @@ class Plan:
     sheets: tuple[SheetPlan, ...]
     dependencies: Mapping[int, tuple[int, ...]]
     dependents: Mapping[int, tuple[int, ...]]
-    max_retries: int = 3
-    retry_delay_seconds: float = 10.0
     max_parallel: int = 1
     workspace: str = "."
     # The score's folder: injected files not found in the workspace are looked up here.
@@ -180,8 +178,6 @@ def build_plan(
         sheets=tuple(sheets),
         dependencies=dependencies,
         dependents=reverse_dependencies(dependencies, count),
-        max_retries=score.retry.max_retries,
-        retry_delay_seconds=score.retry.base_delay_seconds,
         max_parallel=score.parallel.max_concurrent if score.parallel.enabled else 1,
         workspace=score.workspace,
         score_dir=score.base_dir,

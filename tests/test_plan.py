@@ -316,7 +316,7 @@ def test_plan_carries_job_settings_for_the_decision_core() -> None:
         cross_sheet={"auto_capture_stdout": True},
         validations=[{"type": "file_exists", "path": "a"}],
     )
-    assert plan.max_retries == 1 and plan.retry_delay_seconds == 2
+    assert plan.retry.max_retries == 1 and plan.retry.base_delay_seconds == 2
     assert plan.retry.completion_threshold_percent == 70
     assert plan.max_parallel == 4
     assert plan.cross_sheet is not None and plan.cross_sheet.lookback_sheets == 3
