@@ -20,7 +20,7 @@ from loguru import logger
 
 from actors.base import ActorContext, EnsembleActor
 from runtime.events import Event
-from runtime.messages import Publish, Subscribe, Unsubscribe
+from runtime.messages import Publish, Recipient, Subscribe, Unsubscribe
 
 Subscriber = Callable[[Event], None]
 
@@ -36,8 +36,8 @@ _STOP = object()
 
 
 class EventBus(EnsembleActor):
-    def __init__(self, context: ActorContext) -> None:
-        super().__init__(context)
+    def __init__(self, context: ActorContext, *, parent: Recipient | None = None) -> None:
+        super().__init__(context, parent=parent, key=("service", "event bus"))
         self._subscribers: dict[int, Subscriber] = {}
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()

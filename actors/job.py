@@ -86,6 +86,7 @@ class JobActor(EnsembleActor):
         self._held: Effects | None = None  # a batch whose commit failed (storage error)
         self._skip_checks: dict[int, int] = {}  # task id -> sheet whose skip command runs
         self._replies: list[tuple[Recipient, Reply]] = []  # host commands answered after a flush
+        self._command_in_hand: JobCommand | None = None
         self._flush_scheduled = False
         self._recovered = recovered
 
@@ -146,8 +147,19 @@ class JobActor(EnsembleActor):
         self._sheets.clear()
 
     def on_failure(self, *_exc_info: Any) -> None:
-        # The supervisor hears of the crash through ChildFailed; the sheets go with the job.
+        # The supervisor hears of the crash through ChildFailed and restarts the job;
+        # the sheets go with this actor, and no host call is left to time out.
         self.on_stop()
+        error = EnsembleError(
+            f"job {self.state.job_id} crashed while handling this call and is being "
+            "restarted from its checkpoint; try again"
+        )
+        pending = [recipient for recipient, _ in self._replies]
+        if self._command_in_hand is not None:
+            pending.append(self._command_in_hand.reply_to)
+        self._replies = []
+        for recipient in pending:
+            send(recipient, Reply(error=error))
 
     # --- messages ----------------------------------------------------------------
 
@@ -191,6 +203,12 @@ class JobActor(EnsembleActor):
         self._schedule_flush()
 
     def _command(self, message: JobCommand, now: float) -> None:
+        # Left set if the command crashes this actor, so on_failure can answer it.
+        self._command_in_hand = message
+        self._run_command(message, now)
+        self._command_in_hand = None
+
+    def _run_command(self, message: JobCommand, now: float) -> None:
         state, fx = self.state, self._effects
         if message.command == "pause":
             value: Any = machine.pause(state, now, fx)
@@ -303,14 +321,16 @@ class JobActor(EnsembleActor):
             send(self._bus, Publish(tuple(fx.events)))
         if fx.withdraw_lease_requests:
             send(self._pool, WithdrawLeaseRequests(state.job_id))
-        if fx.released_leases:
-            releases = tuple((lease.lease_id, outcome) for lease, outcome in fx.released_leases)
-            send(self._pool, ReleaseLeases(releases))
+        # A rate limit's block reaches the pool before the lease it came with is
+        # given back, so that slot is not granted again on the blocked instrument.
         for block in fx.blocks:
             send(
                 self._pool,
                 BlockInstrument(state.job_id, block.instrument, block.model, block.until),
             )
+        if fx.released_leases:
+            releases = tuple((lease.lease_id, outcome) for lease, outcome in fx.released_leases)
+            send(self._pool, ReleaseLeases(releases))
         if fx.lease_requests:
             requests = tuple(
                 (request.sheet_num, request.instrument, request.model, request.has_fallback)

@@ -30,6 +30,7 @@ from runtime.messages import (
     CreateJobFiles,
     GetCheckpoint,
     OpenJobFiles,
+    Recipient,
     Reply,
 )
 
@@ -55,8 +56,9 @@ class Persistence(EnsembleActor):
         state_dir: Path,
         fsync: bool = True,
         compact_after: int = 2000,
+        parent: Recipient | None = None,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, parent=parent, key=("service", "persistence"))
         self._jobs_dir = journal.jobs_dir(state_dir)
         self._fsync = fsync
         self._compact_after = compact_after

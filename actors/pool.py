@@ -63,8 +63,9 @@ class BackendPool(EnsembleActor):
         instrument_limits: Mapping[str, int],
         model_limits: Mapping[Key, int] | None = None,
         bus: ActorRef[Any] | None = None,
+        parent: Recipient | None = None,
     ) -> None:
-        super().__init__(context)
+        super().__init__(context, parent=parent, key=("service", "backend pool"))
         self._backends = dict(backends)
         self._table = LeaseTable(
             max_concurrent_sheets, dict(instrument_limits), dict(model_limits or {})

@@ -290,7 +290,9 @@ class SheetActor(EnsembleActor):
                 if isinstance(done.error, PromptError)
                 else (f"could not prepare the prompt: {type(done.error).__name__}: {done.error}")
             )
-            self._report(AttemptResult(kind=OutcomeKind.FAILURE, error=error))
+            self._report(
+                AttemptResult(kind=OutcomeKind.FAILURE, error=error, not_the_instruments_fault=True)
+            )
             return
         prepared: PreparedAttempt = done.value
         self._prepared = prepared
@@ -349,6 +351,7 @@ class SheetActor(EnsembleActor):
                     execution,
                     kind=OutcomeKind.FAILURE,
                     error=f"validations could not run: {type(done.error).__name__}: {done.error}",
+                    not_the_instruments_fault=True,
                 )
             )
             return

@@ -24,7 +24,7 @@ from actors.base import ActorContext, EnsembleActor, GeventFuture, send
 from actors.bus import Notify
 from actors.job import JobActor
 from runtime import journal, machine
-from runtime.errors import ConfigError, JobExistsError, JobNotFoundError
+from runtime.errors import ConfigError, JobExistsError, JobNotFoundError, RuntimeStoppedError
 from runtime.events import JOB_FAILED, RUNTIME_ERROR, Event
 from runtime.messages import (
     ChildFailed,
@@ -88,6 +88,7 @@ class Supervisor(EnsembleActor):
         self._results: dict[str, JobResult] = {}
         self._specs: dict[str, _JobSpec] = {}
         self._restarts: dict[str, int] = {}
+        self._broken: str | None = None  # set when a service crashed: no new jobs
         self._errors: dict[str, str] = {}  # the crash a job is being restarted after
         self._restarting: dict[str, list[JobCommand]] = {}  # commands held meanwhile
 
@@ -110,7 +111,15 @@ class Supervisor(EnsembleActor):
             return super().on_receive(message)
         return None
 
+    def _refuse_when_broken(self, reply_to: Recipient) -> bool:
+        if self._broken is None:
+            return False
+        send(reply_to, Reply(error=RuntimeStoppedError(f"{self._broken}; start a new runtime")))
+        return True
+
     def _submit(self, message: SubmitJob) -> None:
+        if self._refuse_when_broken(message.reply_to):
+            return
         if message.job_id is not None:
             job_id = message.job_id
             if (
@@ -136,6 +145,8 @@ class Supervisor(EnsembleActor):
         self._spawn(job_id, spec, message.reply_to, recovered=None)
 
     def _recover(self, message: RecoverJob) -> None:
+        if self._refuse_when_broken(message.reply_to):
+            return
         job_id = str(message.checkpoint["job_id"])
         if job_id in self._jobs or job_id in self._restarting:
             send(
@@ -209,14 +220,36 @@ class Supervisor(EnsembleActor):
             self._job_by_urn.pop(ref.actor_urn, None)
         self._specs.pop(job_id, None)
         self._restarts.pop(job_id, None)
+        # Leases granted to a job that was already stopping would be lost: free them.
+        send(self._pool, ReleaseJob(job_id))
         if result is None:
             return  # the job was refused at creation; the submitter was told why
         self._results[job_id] = result
         callback = self._on_job_finished
-        send(self._bus, Notify(lambda: callback(result)))
+        if not send(self._bus, Notify(lambda: callback(result))):
+            callback(result)  # no bus to deliver in order: wake the waiter at once
+
+    def _service_crashed(self, service: str, error: str) -> None:
+        """A pool, persistence or event bus crash leaves no job able to go on:
+        every job ends failed with the reason; the checkpoints stay resumable."""
+        self._broken = f"the runtime's {service} crashed ({error})"
+        logger.critical("{}; ending every job, their checkpoints are kept", self._broken)
+        now = self.context.clock.now()
+        for job_id, ref in list(self._jobs.items()):
+            ref.stop(block=False)
+            # No checkpoint given: it is not marked failed, a new runtime resumes it.
+            self._give_up(
+                job_id,
+                f"{self._broken}; resume the job in a new runtime, its checkpoint is kept",
+                None,
+                now,
+            )
 
     def _job_crashed(self, message: ChildFailed) -> None:
         """Restart a crashed JobActor from its checkpoint, a few times at most."""
+        if isinstance(message.key, tuple) and message.key[:1] == ("service",):
+            self._service_crashed(str(message.key[1]), message.error)
+            return
         job_id = self._job_by_urn.pop(message.child_urn, None)
         if job_id is None:
             return
@@ -233,9 +266,8 @@ class Supervisor(EnsembleActor):
                 "job {} crashed ({}); restarting it from its checkpoint ({} of {})",
                 job_id, message.error, restarts, MAX_RESTARTS,
             )  # fmt: skip
-            event = Event(job_id, 0, RUNTIME_ERROR, now, {"error": message.error,
-                                                           "restart": restarts})  # fmt: skip
-            send(self._bus, Publish((event,)))
+            data = {"error": message.error, "restart": restarts}
+            send(self._bus, Publish((Event(job_id, 0, RUNTIME_ERROR, now, data),)))
         self._errors[job_id] = message.error
         # The checkpoint as committed so far: to restart from, or to report from.
         send(self._persistence, GetCheckpoint(job_id, _Tagged(self.actor_ref, job_id)))

@@ -138,6 +138,19 @@ class _ReplyBox:
         return reply.value
 
 
+class _LateRecipient:
+    """Forwards to a recipient that exists only later (the supervisor)."""
+
+    __slots__ = ("target",)
+
+    def __init__(self) -> None:
+        self.target: Any = None
+
+    def tell(self, message: Any) -> None:
+        if self.target is not None:
+            self.target.tell(message)
+
+
 class _Waiter:
     __slots__ = ("error", "event", "result")
 
@@ -195,8 +208,13 @@ class Runtime:
 
     def _start_actors(self, max_concurrent_sheets: int, fsync: bool) -> None:
         context = self._context
-        self._bus = EventBus.start(context)
-        self._persistence = Persistence.start(context, state_dir=self.state_dir, fsync=fsync)
+        # The services are started before their supervisor; it hears of their
+        # crashes through this stand-in, bound once it runs.
+        guardian = _LateRecipient()
+        self._bus = EventBus.start(context, parent=guardian)
+        self._persistence = Persistence.start(
+            context, state_dir=self.state_dir, fsync=fsync, parent=guardian
+        )
         self._backends = {
             name: spec.start_actor(context, name) for name, spec in self._backend_specs.items()
         }
@@ -217,6 +235,7 @@ class Runtime:
             instrument_limits=limits,
             model_limits=model_limits,
             bus=self._bus,
+            parent=guardian,
         )
         self._supervisor = Supervisor.start(
             context,
@@ -226,6 +245,7 @@ class Runtime:
             bus=self._bus,
             on_job_finished=self._job_finished,
         )
+        guardian.target = self._supervisor
 
     # --- jobs ---------------------------------------------------------------------
 

@@ -296,7 +296,8 @@ def on_attempt_finished(
     # The job gives the lease back after committing the result, in one message
     # per batch: a slot is never reused before the attempt's outcome is durable.
     if sheet.lease is not None:
-        fx.released_leases.append((sheet.lease, result.kind))
+        health = None if result.not_the_instruments_fault else result.kind
+        fx.released_leases.append((sheet.lease, health))
         sheet.lease = None
     sheet.completion_pending = False
     if result.output_tail:

@@ -54,6 +54,9 @@ class AttemptResult:
     validations_passed: int = 0
     validations_total: int = 0
     validations: tuple[tuple[str, bool], ...] = ()  # (description, passed) per validation
+    # True when the failure was ours (the prompt or the validation tooling), so
+    # the attempt says nothing about the instrument's health (S21 breakers).
+    not_the_instruments_fault: bool = False
 
     @property
     def pass_rate(self) -> float:

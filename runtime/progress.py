@@ -37,16 +37,18 @@ _STATUS_STYLES = {
 }
 
 # Events worth their own line in a log: something went wrong or needs a human.
-_NOTABLE_EVENTS = frozenset({
-    ev.SHEET_FAILED,
-    ev.SHEET_RETRY_SCHEDULED,
-    ev.SHEET_FERMATA,
-    ev.RATE_LIMIT_ACTIVE,
-    ev.INSTRUMENT_FALLBACK,
-    ev.CIRCUIT_OPENED,
-    ev.COST_EXCEEDED,
-    ev.RUNTIME_ERROR,
-})
+_NOTABLE_EVENTS = frozenset(
+    {
+        ev.SHEET_FAILED,
+        ev.SHEET_RETRY_SCHEDULED,
+        ev.SHEET_FERMATA,
+        ev.RATE_LIMIT_ACTIVE,
+        ev.INSTRUMENT_FALLBACK,
+        ev.CIRCUIT_OPENED,
+        ev.COST_EXCEEDED,
+        ev.RUNTIME_ERROR,
+    }
+)
 
 ERROR_CHARS = 160
 BAR_WIDTH = 20
