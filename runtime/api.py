@@ -10,12 +10,14 @@ raises at once and changes nothing.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from loguru import logger
 from pykka import ActorRef
@@ -138,6 +140,28 @@ class _ReplyBox:
         return reply.value
 
 
+def _lock_state_dir(state_dir: Path) -> IO[str]:
+    """Hold ``<state_dir>/.lock`` for the runtime's life: two runtimes on one state
+    directory would run sheets twice and interleave journals. The OS drops the
+    lock when the process dies, so a crash never leaves it stuck."""
+    handle = open(state_dir / ".lock", "a+")  # noqa: SIM115 - held until stop()
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise EnsembleError(
+            f"the state directory {state_dir} is in use by another Ensemble runtime "
+            f"(pid {holder}); stop it first, or use another state directory"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 class _LateRecipient:
     """Forwards to a recipient that exists only later (the supervisor)."""
 
@@ -177,12 +201,13 @@ class Runtime:
         raw_prompt_instruments: frozenset[str] = frozenset({"cli"}),
     ) -> None:
         self.state_dir = state_dir.resolve()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = _lock_state_dir(self.state_dir)
         self.raw_prompt_instruments = raw_prompt_instruments
         self.recovered: list[JobHandle] = []
         self.recovery_errors: list[str] = []
         self.self_healing = self_healing
         self.escalation = escalation
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._backend_specs = dict(backends)
         self._lock = threading.Lock()
         self._waiters: dict[str, _Waiter] = {}
@@ -198,6 +223,7 @@ class Runtime:
             self._hub.run(self._start_actors, max_concurrent_sheets, fsync)
         except BaseException:
             self._hub.stop()
+            self._lock_file.close()
             raise
         if recover:
             try:
@@ -427,6 +453,7 @@ class Runtime:
             logger.exception("error while stopping the runtime's actors")
         self._bus_thread_join(timeout)
         self._hub.stop(timeout)
+        self._lock_file.close()  # releases the state directory
         with self._lock:
             waiters = list(self._waiters.items())
         for job_id, waiter in waiters:

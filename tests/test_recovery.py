@@ -710,8 +710,7 @@ def test_S29_S26_a_job_stopped_while_cancelling_ends_cancelled_after_recovery(
     handle = rt.submit(make_score(sheets=4, dependencies={4: [2], 1: [], 2: [], 3: []}))
     log.wait_for_count(ev.SHEET_COMPLETED, 1)
     assert first.wait_for_calls(3, WAIT_SECONDS)
-    assert handle.cancel()
-    log.wait_for(lambda events: any(e.event == ev.SHEET_CANCELLED for e in events))  # sheet 4
+    assert handle.cancel()  # answered once the cancel is committed
     rt.stop()
     checkpoint = stored(rt, handle.job_id)
     assert checkpoint["status"] == "running" and checkpoint["cancelling"] is True

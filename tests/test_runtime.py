@@ -581,3 +581,15 @@ def test_script_function_sees_each_request(
     result = rt.submit(score).wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
     assert seen == [(1, 1), (2, 1), (2, 2)]
+
+
+def test_a_state_directory_is_used_by_one_runtime_at_a_time(
+    rt_factory: RuntimeFactory, tmp_path: Path
+) -> None:
+    """Two runtimes on one state directory would run sheets twice (S29)."""
+    first = rt_factory(state_dir=tmp_path / "shared-state")
+    with pytest.raises(runtime.EnsembleError, match="in use by another Ensemble runtime"):
+        runtime.start(tmp_path / "shared-state")
+    first.stop()
+    second = rt_factory(state_dir=tmp_path / "shared-state")
+    assert second.alive_actors() > 0

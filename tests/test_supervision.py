@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 from loguru import logger
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory
+from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
 
 import actors.supervisor as supervisor_module
+from actors.pool import BackendPool
 from actors.sheet import SheetActor
 from runtime import events as ev
 from runtime import journal, machine
+from runtime.errors import CallTimeoutError, EnsembleError
 from runtime.messages import RunAttempt
 from runtime.state import JobProgress
 from runtime.state import JobStatus as J
@@ -301,3 +303,45 @@ def test_stop_after_a_give_up_leaves_no_actor_and_files_closed(
     assert rt.alive_actors() == 0
     assert (job_dir / journal.JOURNAL_FILE).read_bytes() == b""  # compacted when closed
     assert journal.load_checkpoint(job_dir).checkpoint["status"] == "failed"
+
+
+def test_a_host_command_that_crashes_the_job_actor_is_answered_not_left_to_time_out(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crashed = crash_when(monkeypatch, "pause", lambda *_: not crashed)
+    clock = TimerClock()
+    backend = ScriptedBackend(default=Succeed(delay=10))
+    rt = rt_factory({"mock": backend}, clock=clock)
+    handle = rt.submit(make_score(sheets=1))
+    assert backend.wait_for_calls(1, WAIT_SECONDS)
+    try:
+        handle.pause(timeout=3)
+    except CallTimeoutError:
+        pytest.fail("the pause call was never answered")
+    except EnsembleError:
+        pass  # an error naming the crash is a fine answer
+    assert len(crashed) == 1
+
+
+def test_a_crash_of_the_backend_pool_does_not_leave_wait_hanging(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = BackendPool._grant
+    crashed: list[bool] = []
+
+    def grant(self: BackendPool, now: float) -> None:
+        if not crashed:
+            crashed.append(True)
+            raise InjectedCrashError("injected pool crash")
+        real(self, now)
+
+    monkeypatch.setattr(BackendPool, "_grant", grant)
+    rt = rt_factory({"mock": ScriptedBackend()})
+    handle = rt.submit(make_score(sheets=1))
+    try:
+        handle.wait(5)
+    except TimeoutError:
+        pytest.fail("job.wait() hung after the pool crashed")
+    except EnsembleError:
+        pass  # an error naming the crash is a fine end
+    assert crashed
