@@ -459,3 +459,17 @@ def test_S12_a_job_whose_tool_fails_auth_fails_without_retrying(
     sheet = result.sheets[1]
     assert sheet.attempts == 1
     assert sheet.error_kind == "auth_failed"
+
+
+def test_a_simple_command_runs_without_a_shell_and_anything_else_under_bash() -> None:
+    """The cli instrument skips bash for one plain command (as make does); shell
+    syntax, builtins and unknown programs still go to bash, so behaviour is the same."""
+    from actors.backends.cli import without_shell
+
+    path = os.environ.get("PATH", os.defpath)
+    direct = without_shell(["bash", "-c", "sleep  1"], path)
+    assert os.path.basename(direct[0]) == "sleep" and direct[1:] == ["1"]
+    for script in ("echo hi > out", "cd sub", "exit 3", "A=1 env", "echo $HOME", "a\nb",
+                   "no-such-program-here x", "echo 'quoted'", ""):
+        assert without_shell(["bash", "-c", script], path) == ["bash", "-c", script]
+    assert without_shell(["claude", "-p", "sleep 1"], path) == ["claude", "-p", "sleep 1"]

@@ -19,7 +19,9 @@ included (``actors.backends.http``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -170,7 +172,7 @@ def run_cli_request(
     )
     started = time.monotonic()
     process = run_process(
-        command.argv,
+        without_shell(command.argv, env.get("PATH", os.defpath)),
         cwd=request.workspace,
         env=env,
         stdin=command.stdin,
@@ -187,6 +189,88 @@ def run_cli_request(
     else:
         result = interpret_process(profile, request, process, secrets)
     return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
+
+
+# Shell syntax: a script with none of these is one plain "program arg..." line.
+_SHELL_SYNTAX = frozenset("|&;<>()$`\\\"'*?[]#~=%{}!\n\t")
+# Builtins that must run in a shell even where a program of the same name exists.
+_SHELL_ONLY = frozenset(
+    {
+        "alias",
+        "bg",
+        "break",
+        "builtin",
+        "caller",
+        "cd",
+        "command",
+        "compgen",
+        "complete",
+        "continue",
+        "declare",
+        "dirs",
+        "disown",
+        "enable",
+        "eval",
+        "exec",
+        "exit",
+        "export",
+        "fc",
+        "fg",
+        "getopts",
+        "hash",
+        "help",
+        "history",
+        "jobs",
+        "let",
+        "local",
+        "logout",
+        "mapfile",
+        "popd",
+        "pushd",
+        "read",
+        "readarray",
+        "readonly",
+        "return",
+        "set",
+        "shift",
+        "shopt",
+        "source",
+        "suspend",
+        "times",
+        "trap",
+        "type",
+        "typeset",
+        "ulimit",
+        "umask",
+        "unalias",
+        "unset",
+        "wait",
+        ".",
+    }
+)
+_SHELLS = frozenset({"bash", "sh", "dash"})
+
+
+def without_shell(argv: Sequence[str], path: str) -> list[str]:
+    """``[shell, "-c", script]`` as ``[program, args...]`` when the script is one
+    simple command, as make does: starting a shell first cost about a millisecond
+    per sheet, most of a fan-out's overhead. Anything else runs as given."""
+    if len(argv) != 3 or os.path.basename(argv[0]) not in _SHELLS or argv[1] != "-c":
+        return list(argv)
+    script = argv[2]
+    words = script.split()
+    if not words or _SHELL_SYNTAX.intersection(script) or words[0] in _SHELL_ONLY:
+        return list(argv)
+    program = _which(words[0], path)
+    if program is None:
+        return list(argv)  # let the shell say "command not found"
+    return [program, *words[1:]]
+
+
+@functools.lru_cache(maxsize=256)
+def _which(name: str, path: str) -> str | None:
+    # A PATH search is a stat per folder: remembered, as a shell's hash table does.
+    return shutil.which(name, path=path)
 
 
 def interpret_process(
