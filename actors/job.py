@@ -114,6 +114,8 @@ class JobActor(EnsembleActor):
                 options={
                     "self_healing": state.policy.self_healing,
                     "escalation": state.policy.escalation,
+                    # Injected files beside the score are found again on recovery.
+                    "score_dir": state.plan.score_dir,
                 },
             )
             opening = CreateJobFiles(

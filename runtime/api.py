@@ -55,7 +55,7 @@ from runtime.messages import (
 from runtime.plan import Plan, build_plan
 from runtime.policy import policy_from_score
 from runtime.prompts import PromptTemplate
-from runtime.score import Score, load_score
+from runtime.score import Score, load_score, score_from_mapping
 from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult, SheetState
 
 DEFAULT_CALL_TIMEOUT = 60.0
@@ -354,7 +354,12 @@ class Runtime:
             return None
         snapshot_path = job_dir / journal.SNAPSHOT_FILE
         try:
-            score = load_score(loaded.score)
+            score_dir = checkpoint.get("options", {}).get("score_dir")
+            score = score_from_mapping(
+                loaded.score,
+                base_dir=Path(score_dir) if score_dir else Path.cwd(),
+                source_name=str(job_dir / journal.SCORE_FILE),
+            )
             plan = build_plan(score, raw_prompt_instruments=self.raw_prompt_instruments)
         except ConfigError as exc:
             raise PersistenceError(

@@ -15,6 +15,8 @@ unreadable), 2 invalid usage or an invalid score, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import gc
 import json
 import os
 import queue
@@ -64,6 +66,9 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ensemble`` command with ``argv`` (default: ``sys.argv[1:]``)."""
     arguments = sys.argv[1:] if argv is None else list(argv)
+    # The objects our imports made live as long as the command: keep the cyclic
+    # garbage collector from scanning them on every full collection.
+    gc.freeze()
     try:
         if arguments and arguments[0] in DELEGATED_COMMANDS:
             _, delegate = DELEGATED_COMMANDS[arguments[0]]
@@ -335,6 +340,11 @@ def _drain(inbox: queue.SimpleQueue[Event], view: ProgressView, ours: set[str]) 
             return
         if event.job_id in ours:
             view.note(event)
+        elif not event.job_id:
+            # Instrument-wide events (a rate limit cleared, a breaker opened) name
+            # the jobs they touch; each of ours among them hears of it.
+            for job_id in sorted(ours.intersection(event.data.get("jobs", ()))):
+                view.note(dataclasses.replace(event, job_id=job_id))
 
 
 def _stop_ignoring_interrupts(rt: runtime.Runtime) -> None:
@@ -567,8 +577,15 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
 )
 
 # Subcommands with a parser of their own: name -> (help line, main(argv) -> exit code).
+def _instruments(argv: list[str]) -> int:
+    from runtime.instruments_cmd import instruments_main
+
+    return instruments_main(argv)
+
+
 DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[list[str]], int]]] = {
     "validate": ("check a score without running it", _validate),
+    "instruments": ("list instruments, or check one is ready to run", _instruments),
 }
 
 

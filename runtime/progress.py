@@ -82,7 +82,12 @@ def terminal_count(progress: JobProgress) -> int:
 
 def describe_event(event: Event) -> str:
     """One compact phrase for an event: ``sheet 3 failed: exit code 1``."""
-    subject = f"sheet {event.sheet_num} " if event.sheet_num else "job "
+    if event.sheet_num:
+        subject = f"sheet {event.sheet_num} "
+    elif "instrument" in event.data and not event.event.startswith("job."):
+        subject = f"{event.data['instrument']}: "
+    else:
+        subject = "job "
     what = event.event.split(".", 1)[-1].replace("_", " ")
     if event.event.startswith(("rate_limit.", "circuit.", "cost.", "instrument.", "runtime.")):
         what = event.event.replace(".", " ").replace("_", " ")
