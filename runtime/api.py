@@ -53,7 +53,7 @@ from runtime.messages import (
     Unsubscribe,
 )
 from runtime.plan import Plan, build_plan
-from runtime.policy import policy_from_score
+from runtime.policy import policy_from_plan
 from runtime.prompts import PromptTemplate
 from runtime.score import Score, load_score, score_from_mapping
 from runtime.state import FINAL_JOB_STATUSES, JobProgress, JobResult, SheetState
@@ -296,8 +296,8 @@ class Runtime:
         loaded = load_score(score)
         plan = build_plan(loaded, raw_prompt_instruments=self.raw_prompt_instruments)
         template = PromptTemplate(loaded.prompt.template or "", variables=loaded.prompt.variables)
-        policy = policy_from_score(
-            loaded,
+        policy = policy_from_plan(
+            plan,
             self_healing=self.self_healing if self_healing is None else self_healing,
             escalation=self.escalation if escalation is None else escalation,
         )
@@ -380,8 +380,8 @@ class Runtime:
             ) from None
         self._check_instruments(plan)
         options = checkpoint.get("options", {})
-        policy = policy_from_score(
-            score,
+        policy = policy_from_plan(
+            plan,
             self_healing=bool(options.get("self_healing", False)),
             escalation=bool(options.get("escalation", False)),
         )

@@ -32,7 +32,7 @@ from runtime.context import PriorOutput, lookback_window
 from runtime.events import Event
 from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import Plan
-from runtime.policy import Policy, policy_from_score
+from runtime.policy import Policy, policy_from_plan
 from runtime.prompts import sheet_variables
 from runtime.state import (
     FINAL_JOB_STATUSES,
@@ -174,7 +174,7 @@ def new_job(
     # Without an explicit policy the plan's own settings apply (its retry,
     # rate_limit, circuit_breaker, cost_limits and pacing), never bare defaults.
     if policy is None:
-        policy = policy_from_score(plan)
+        policy = policy_from_plan(plan)
     state = JobState(job_id=job_id, plan=plan, sheets=sheets, policy=policy)
     state.variables = dict(variables or {})
     state.counts[SheetStatus.PENDING] = len(sheets)

@@ -9,7 +9,10 @@ defaults, and reading them from a loaded score. It decides nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runtime.plan import Plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +64,17 @@ class Policy:
     escalation: bool = False
 
 
-def policy_from_score(
-    score: Any, *, self_healing: bool = False, escalation: bool = False
+def policy_from_plan(
+    plan: Plan, *, self_healing: bool = False, escalation: bool = False
 ) -> Policy:
-    """The policy of a loaded ``runtime.score.Score``; absent sections keep defaults."""
+    """The policy of a planned score: its retry, rate_limit, circuit_breaker,
+    cost_limits and pacing settings, plus the submit-time exhaustion options."""
     return Policy(
-        retry=_section(RetryPolicy, getattr(score, "retry", None)),
-        rate_limit=_section(RateLimitPolicy, getattr(score, "rate_limit", None)),
-        breaker=_section(BreakerPolicy, getattr(score, "circuit_breaker", None)),
-        cost=_cost(getattr(score, "cost_limits", None)),
-        pause_between_sheets_seconds=float(getattr(score, "pause_between_sheets_seconds", 0.0)),
+        retry=_section(RetryPolicy, plan.retry),
+        rate_limit=_section(RateLimitPolicy, plan.rate_limit),
+        breaker=_section(BreakerPolicy, plan.circuit_breaker),
+        cost=_cost(plan.cost_limits),
+        pause_between_sheets_seconds=plan.pause_between_sheets_seconds,
         self_healing=self_healing,
         escalation=escalation,
     )

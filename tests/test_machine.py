@@ -21,7 +21,7 @@ from runtime.leases import LeaseTable
 from runtime.machine import Effects
 from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import Plan, build_plan
-from runtime.policy import BreakerPolicy, Policy, policy_from_score
+from runtime.policy import BreakerPolicy, Policy, policy_from_plan
 from runtime.score import score_from_mapping
 from runtime.state import JobState, JobStatus, SheetState, SheetStatus, SkipReason
 
@@ -34,7 +34,7 @@ def make_job(job_id: str = "job", **overrides: Any) -> tuple[Plan, Policy]:
     """The plan and policy of a score built by ``score_dict`` from ``overrides``."""
     data = score_dict("/tmp/ensemble-machine-tests", **overrides)
     score = score_from_mapping(data, base_dir=Path("/tmp"), source_name="<test>")
-    return build_plan(score), policy_from_score(score)
+    return build_plan(score), policy_from_plan(build_plan(score))
 
 
 def make_plan(**overrides: Any) -> Plan:

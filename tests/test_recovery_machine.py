@@ -21,7 +21,7 @@ from runtime import machine
 from runtime.machine import PACING_TIMER, BlockOrder, Effects, TimerOrder
 from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import build_plan
-from runtime.policy import policy_from_score
+from runtime.policy import policy_from_plan
 from runtime.score import score_from_mapping
 from runtime.state import JobState, JobStatus, SheetState, SkipReason
 from runtime.state import SheetStatus as S
@@ -48,7 +48,7 @@ def recover(
     data = score_dict("/tmp/ensemble-recovery-tests", **score)
     loaded = score_from_mapping(data, base_dir=Path("/tmp"), source_name="<test>")
     state = machine.new_job(
-        "job", build_plan(loaded), policy_from_score(loaded, escalation=escalation)
+        "job", build_plan(loaded), policy_from_plan(build_plan(loaded), escalation=escalation)
     )
     fx = Effects()
     record = {"status": "running", **(job_record or {})}

@@ -39,7 +39,7 @@ from runtime.policy import (
     Policy,
     RateLimitPolicy,
     RetryPolicy,
-    policy_from_score,
+    policy_from_plan,
 )
 from runtime.state import JobStatus, SheetStatus, SkipReason
 
@@ -729,7 +729,7 @@ def test_S21_breaker_settings_come_from_the_score() -> None:
         pause_between_sheets_seconds=4,
     )  # fmt: skip
     score = score_from_mapping(data, base_dir=Path("/tmp"), source_name="<test>")
-    pol = policy_from_score(score, self_healing=True)
+    pol = policy_from_plan(build_plan(score), self_healing=True)
     assert pol.breaker == BreakerPolicy(True, 7, 42.0)
     assert pol.retry.max_delay_seconds == 99 and pol.retry.exponential_base == 3
     assert not pol.retry.jitter and pol.retry.completion_threshold_percent == 70
@@ -737,7 +737,7 @@ def test_S21_breaker_settings_come_from_the_score() -> None:
     assert pol.cost == CostPolicy(None, 3.5, 60.0)
     assert pol.pause_between_sheets_seconds == 4 and pol.self_healing
     # A job built from the plan alone takes the same settings.
-    assert machine.new_job("j", build_plan(score)).policy == policy_from_score(score)
+    assert machine.new_job("j", build_plan(score)).policy == policy_from_plan(build_plan(score))
 
 
 # --- S22 concurrency -------------------------------------------------------------------------
