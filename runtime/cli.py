@@ -117,6 +117,20 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+def _running_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the commands that run jobs (run, resume)."""
+    parser.add_argument(
+        "--max-concurrent",
+        type=_positive_int,
+        default=10,
+        metavar="N",
+        help="most sheets running at once, across all jobs (default: 10)",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="show no progress, only the final summary"
+    )
+
+
 def _state_dir_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--state-dir",
@@ -162,16 +176,7 @@ def add_run_command(subcommands: Any) -> None:
     )
     parser.add_argument("scores", nargs="+", type=Path, metavar="SCORE", help="score YAML file")
     _state_dir_option(parser)
-    parser.add_argument(
-        "--max-concurrent",
-        type=_positive_int,
-        default=10,
-        metavar="N",
-        help="most sheets running at once, across all jobs (default: 10)",
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="show no progress, only the final summary"
-    )
+    _running_options(parser)
     parser.set_defaults(handler=run_command)
 
 
@@ -420,16 +425,7 @@ def add_resume_command(subcommands: Any) -> None:
         "jobs", nargs="*", metavar="JOB", help="a job id (default: every unfinished job)"
     )
     _state_dir_option(parser)
-    parser.add_argument(
-        "--max-concurrent",
-        type=_positive_int,
-        default=10,
-        metavar="N",
-        help="most sheets running at once, across all jobs (default: 10)",
-    )
-    parser.add_argument(
-        "--quiet", action="store_true", help="show no progress, only the final summary"
-    )
+    _running_options(parser)
     parser.set_defaults(handler=resume_command)
 
 

@@ -18,6 +18,7 @@ from loguru import logger
 from pykka import ActorRef
 
 from actors.base import ActorContext, EnsembleActor, TaskDone, send
+from runtime.instruments import InstrumentProfile
 from runtime.messages import (
     CancelExecution,
     Execute,
@@ -119,3 +120,43 @@ class BackendActor(EnsembleActor):
     def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
         """Run one request to its end; runs in its own greenlet. Must honour ``cancel``."""
         raise NotImplementedError
+
+
+class ProfileBackend:
+    """A backend spec made from an instrument profile (CLI or HTTP).
+
+    Its limits come from the profile unless ``max_concurrent`` overrides them;
+    subclasses say how one request runs (``run``, in a task greenlet).
+    """
+
+    def __init__(self, profile: InstrumentProfile, max_concurrent: int | None) -> None:
+        self.profile = profile
+        self._max_concurrent = (
+            max_concurrent if max_concurrent is not None else profile.max_concurrent
+        )
+
+    @property
+    def max_concurrent(self) -> int | None:
+        return self._max_concurrent
+
+    @property
+    def model_limits(self) -> dict[str | None, int]:
+        """At most this many attempts at once per model (S22), from the profile."""
+        return self.profile.model_limits
+
+    def start_actor(self, context: ActorContext, instrument: str) -> ActorRef[Any]:
+        return ProfileBackendActor.start(context, instrument=instrument, spec=self)
+
+    def run(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
+        raise NotImplementedError
+
+
+class ProfileBackendActor(BackendActor):
+    """The backend actor of every profile-made spec: each request is ``spec.run``."""
+
+    def __init__(self, context: ActorContext, *, instrument: str, spec: ProfileBackend) -> None:
+        super().__init__(context, instrument=instrument)
+        self._spec = spec
+
+    def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
+        return self._spec.run(request, cancel)

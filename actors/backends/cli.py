@@ -29,10 +29,8 @@ from typing import Any
 
 import gevent
 import gevent.event
-from pykka import ActorRef
 
-from actors.backends.base import BackendActor, BackendSpec
-from actors.base import ActorContext
+from actors.backends.base import BackendSpec, ProfileBackend
 from actors.process import ProcessResult, decode_output, run_process
 from runtime.instrument_output import (
     attempt_cost,
@@ -54,7 +52,7 @@ from runtime.instruments import (
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult, OutcomeKind
 
-__all__ = ["BASE_ENVIRONMENT", "CliBackend", "CliBackendActor", "default_backends"]
+__all__ = ["BASE_ENVIRONMENT", "CliBackend", "default_backends"]
 
 # How much of the answer and of stderr an ExecutionResult keeps (the tail).
 # Enough for cross-sheet context and error messages; a flood stays bounded.
@@ -74,7 +72,7 @@ _SHELL_PROFILE: dict[str, Any] = {
 }
 
 
-class CliBackend:
+class CliBackend(ProfileBackend):
     """Spec of a CLI instrument for ``runtime.start(backends=...)``.
 
     ``CliBackend()`` is the built-in ``cli`` instrument (``bash -c PROMPT``;
@@ -107,36 +105,15 @@ class CliBackend:
             command = profile.cli.command.model_copy(update={"executable": shell})
             cli = profile.cli.model_copy(update={"command": command})
             profile = profile.model_copy(update={"cli": cli})
-        self.profile = profile
-        self._max_concurrent = (
-            max_concurrent if max_concurrent is not None else profile.max_concurrent
-        )
+        super().__init__(profile, max_concurrent)
         self.kill_grace_seconds = kill_grace_seconds
         self.extra_env = dict(extra_env or {})
         self.pass_env = tuple(pass_env)
         self.auto_approve = auto_approve
         self.max_output_bytes = max_output_bytes
 
-    @property
-    def max_concurrent(self) -> int | None:
-        return self._max_concurrent
-
-    @property
-    def model_limits(self) -> dict[str | None, int]:
-        """At most this many attempts at once per model (S22), from the profile."""
-        return self.profile.model_limits
-
-    def start_actor(self, context: ActorContext, instrument: str) -> ActorRef[Any]:
-        return CliBackendActor.start(context, instrument=instrument, spec=self)
-
-
-class CliBackendActor(BackendActor):
-    def __init__(self, context: ActorContext, *, instrument: str, spec: CliBackend) -> None:
-        super().__init__(context, instrument=instrument)
-        self._spec = spec
-
-    def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
-        return run_cli_request(self._spec, request, cancel)
+    def run(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
+        return run_cli_request(self, request, cancel)
 
 
 def run_cli_request(

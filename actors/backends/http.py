@@ -32,10 +32,8 @@ import gevent
 import gevent.event
 import gevent.socket
 import gevent.ssl
-from pykka import ActorRef
 
-from actors.backends.base import BackendActor
-from actors.base import ActorContext
+from actors.backends.base import ProfileBackend
 from runtime.instrument_output import (
     ParsedOutput,
     attempt_cost,
@@ -48,14 +46,14 @@ from runtime.instruments import InstrumentProfile, secret_values
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult, OutcomeKind
 
-__all__ = ["HttpBackend", "HttpBackendActor", "run_http_request"]
+__all__ = ["HttpBackend", "run_http_request"]
 
 # A chat answer is text; anything larger than this is not one.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 RESULT_KEEP_CHARS = 64 * 1024
 
 
-class HttpBackend:
+class HttpBackend(ProfileBackend):
     """Spec of an HTTP instrument for ``runtime.start(backends=...)``.
 
     ``api_key`` overrides the variable named by the profile's ``api_key_env``.
@@ -73,32 +71,11 @@ class HttpBackend:
                 f"instrument {profile.name!r} is 'kind: {profile.kind}', not an HTTP instrument; "
                 "use actors.backends.cli.CliBackend"
             )
-        self.profile = profile
-        self._max_concurrent = (
-            max_concurrent if max_concurrent is not None else profile.max_concurrent
-        )
+        super().__init__(profile, max_concurrent)
         self.api_key = api_key
 
-    @property
-    def max_concurrent(self) -> int | None:
-        return self._max_concurrent
-
-    @property
-    def model_limits(self) -> dict[str | None, int]:
-        """At most this many attempts at once per model (S22), from the profile."""
-        return self.profile.model_limits
-
-    def start_actor(self, context: ActorContext, instrument: str) -> ActorRef[Any]:
-        return HttpBackendActor.start(context, instrument=instrument, spec=self)
-
-
-class HttpBackendActor(BackendActor):
-    def __init__(self, context: ActorContext, *, instrument: str, spec: HttpBackend) -> None:
-        super().__init__(context, instrument=instrument)
-        self._spec = spec
-
-    def execute(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
-        return run_http_request(self._spec, request, cancel)
+    def run(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
+        return run_http_request(self, request, cancel)
 
 
 class _Response:
