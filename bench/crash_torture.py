@@ -123,7 +123,7 @@ def kill_orphans(marker: str) -> None:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             except OSError:
                 continue
-            if marker.encode() in cmdline:
+            if marker.encode() in cmdline and int(entry) != os.getpid():
                 found = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry), signal.SIGKILL)

@@ -9,9 +9,7 @@ finished sheet that ran again would show up there.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -28,16 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TORTURE = ROOT / "bench" / "crash_torture.py"
 PROCESS_TIMEOUT = 120
 
+# The benchmark's helpers: the ledger format and the cleanup of orphaned sheets.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from crash_torture import kill_orphans, read_ledger  # noqa: E402
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
-
-
-def ledger_runs(ledger: Path) -> list[tuple[int, int]]:
-    if not ledger.exists():
-        return []
-    return [
-        (int(sheet), int(attempt))
-        for sheet, attempt in (line.split() for line in ledger.read_text().splitlines())
-    ]
 
 
 def completed_sheets(job_dir: Path) -> set[int]:
@@ -48,27 +41,6 @@ def completed_sheets(job_dir: Path) -> set[int]:
     return {sheet["num"] for sheet in checkpoint["sheets"] if sheet["status"] == "completed"}
 
 
-def kill_stragglers(marker: str) -> None:
-    """SIGKILL sheet commands that outlived their killed runtime (each runs in a
-    session of its own), so none writes to the ledger after this point."""
-    for _ in range(50):
-        found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline and int(entry) != os.getpid():
-                found = True
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry), signal.SIGKILL)
-        if not found:  # a killed one may have forked on its way out: look again
-            return
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds stray sheet commands in /proc")
 def test_S29_ensemble_resume_finishes_a_run_killed_with_sigkill_without_rerunning_finished_sheets(
     tmp_path: Path,
 ) -> None:
@@ -107,10 +79,10 @@ def test_S29_ensemble_resume_finishes_a_run_killed_with_sigkill_without_rerunnin
         if run.poll() is None:
             run.kill()
         run.communicate()
-    kill_stragglers(str(ledger))
+    kill_orphans(str(ledger))
     finished_before = completed_sheets(job_dir)
     assert 2 <= len(finished_before) < sheets
-    runs_before = len(ledger_runs(ledger))
+    runs_before = len(read_ledger(ledger))
 
     resumed = subprocess.run(
         [*command, "resume", "--state-dir", str(state)],
@@ -126,7 +98,7 @@ def test_S29_ensemble_resume_finishes_a_run_killed_with_sigkill_without_rerunnin
 
     checkpoint = journal.load_checkpoint(job_dir).checkpoint
     assert checkpoint["status"] == "completed"
-    runs = ledger_runs(ledger)
+    runs = read_ledger(ledger)
     rerun = [sheet for sheet, _ in runs[runs_before:] if sheet in finished_before]
     assert rerun == []  # no sheet completed before the kill ran again
     assert {sheet for sheet, _ in runs} == set(range(1, sheets + 1))
