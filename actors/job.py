@@ -15,6 +15,7 @@ import functools
 import os
 from typing import Any
 
+import gevent
 from loguru import logger
 from pykka import ActorRef
 
@@ -95,7 +96,10 @@ class JobActor(EnsembleActor):
     def on_start(self) -> None:
         state = self.state
         try:
-            os.makedirs(state.plan.workspace, exist_ok=True)
+            # In the thread pool: a slow or network disk must not hold the hub.
+            gevent.get_hub().threadpool.apply(
+                os.makedirs, (state.plan.workspace,), {"exist_ok": True}
+            )
         except OSError as exc:
             self._refuse(
                 EnsembleError(
