@@ -252,7 +252,10 @@ def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, 
     except OSError:
         shutil.rmtree(building, ignore_errors=True)
         raise
-    return journal.open_journal(directory)
+    handle = journal.open_journal(directory)
+    # Creating the journal added an entry to the folder: make it durable too.
+    journal.sync_directory(directory)
+    return handle
 
 
 def _write_journals(

@@ -33,7 +33,6 @@ from runtime.messages import (
     GetCheckpoint,
     JobCommand,
     JobFinished,
-    ListJobs,
     Publish,
     Recipient,
     RecoverJob,
@@ -105,8 +104,6 @@ class Supervisor(EnsembleActor):
             self._job_crashed(message)
         elif isinstance(message, _CheckpointForRestart):
             self._restart(message.job_id, message.reply)
-        elif isinstance(message, ListJobs):
-            send(message.reply_to, Reply(value=list(self._jobs.values())))
         else:
             return super().on_receive(message)
         return None

@@ -63,7 +63,7 @@ STOP_TIMEOUT = 30.0
 
 
 def start(
-    state_dir: str | Path = ".ensemble",
+    state_dir: str | Path = ".ensemble-state",
     *,
     backends: Mapping[str, BackendSpec] | None = None,
     max_concurrent_sheets: int = 10,

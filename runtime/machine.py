@@ -345,10 +345,9 @@ def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx:
     sheet = state.sheet(sheet_num)
     if sheet.status is not SheetStatus.DISPATCHED:
         return
-    on_attempt_finished(
-        state, sheet_num, sheet.attempts,
-        AttemptResult(kind=OutcomeKind.CRASHED, error=error), now, fx,
-    )  # fmt: skip
+    # Our actor crashed, not the instrument: its breaker hears nothing of it.
+    lost = AttemptResult(kind=OutcomeKind.CRASHED, error=error, not_the_instruments_fault=True)
+    on_attempt_finished(state, sheet_num, sheet.attempts, lost, now, fx)
 
 
 def on_timer(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:

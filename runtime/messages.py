@@ -57,19 +57,6 @@ class JobCommand:
     arguments: tuple[Any, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class ListJobs:
-    reply_to: Recipient
-
-
-@dataclass(frozen=True, slots=True)
-class WatchJob:
-    """Reply with the job's JobResult once it is final (at once if it already is)."""
-
-    job_id: str
-    reply_to: Recipient
-
-
 # --- job <-> supervisor ----------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from runtime.conditions import parse_skip_expression, parse_validation_condition
 from runtime.errors import ConditionError, ScoreError
 from runtime.score_extras import (
     NOT_ACTED_ON,
+    NOT_ACTED_ON_NESTED,
     AIReviewConfig,
     BridgeConfig,
     CheckpointConfig,
@@ -711,6 +712,12 @@ def _warnings_for(data: Mapping[str, Any], score: Score) -> list[str]:
         for key in NOT_ACTED_ON
         if key in data
     ]
+    for section, key in NOT_ACTED_ON_NESTED:
+        values = data.get(section)
+        if isinstance(values, Mapping) and key in values:
+            notes.append(
+                f"{section}.{key}: accepted but not acted on by Ensemble yet; it has no effect"
+            )
     sheet = data.get("sheet")
     if isinstance(sheet, Mapping):
         for key in ("total_sheets", "fan_out_stage_map"):

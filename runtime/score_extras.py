@@ -274,7 +274,19 @@ class StaleDetectionConfig(Section):
 
 
 # Top-level keys accepted and type-checked but not acted on (each warns when present).
+# Keys inside sections the engine acts on, that it does not act on itself yet.
+NOT_ACTED_ON_NESTED = (
+    ("rate_limit", "detection_patterns"),
+    ("rate_limit", "max_quota_waits"),
+    ("cost_limits", "cost_per_1k_input_tokens"),
+    ("cost_limits", "cost_per_1k_output_tokens"),
+    ("parallel", "fail_fast"),
+    ("parallel", "stagger_delay_ms"),
+)
+
 NOT_ACTED_ON = (
+    "on_success",
+    "concert",
     "notifications",
     "state_backend",
     "state_path",
