@@ -293,6 +293,17 @@ def _drive(
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    except _JobsPausedError as paused:
+        view.close()
+        _stop_ignoring_interrupts(rt)
+        for job_id, reason in paused.reasons.items():
+            _error(f"job {job_id} paused itself ({reason}) and cannot go on by itself")
+        _error(
+            f"the runtime stopped; the checkpoints are kept in {rt.state_dir}: fix the cause "
+            f"(a cost limit, a full disk, a sheet waiting for a decision), then "
+            f"'ensemble resume --state-dir {rt.state_dir}'"
+        )
+        return EXIT_FAILED
     except EnsembleError as exc:  # the runtime stopped or stopped answering
         view.close()
         _error(f"{exc}; the checkpoints are kept in {rt.state_dir}")
@@ -331,10 +342,23 @@ def _watch(
         view.show(snapshots)
         if len(final) == len(handles):
             break
+        unfinished = [snapshot for snapshot in snapshots if snapshot.job_id not in final]
+        if all(job.status is JobStatus.PAUSED and not job.running for job in unfinished):
+            # Nothing here can resume them (a cost limit, a storage error, a
+            # fermata): waiting on would be waiting for ever.
+            raise _JobsPausedError({job.job_id: job.pause_reason or "paused" for job in unfinished})
         changed.wait(POLL_SECONDS)
     # A job's waiter wakes only after its last events were delivered.
     _drain(inbox, view, ours)
     return [handle.wait() for handle in handles]
+
+
+class _JobsPausedError(Exception):
+    """Every unfinished job paused itself; ``reasons`` by job id."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        super().__init__(reasons)
+        self.reasons = reasons
 
 
 def _drain(inbox: queue.SimpleQueue[Event], view: ProgressView, ours: set[str]) -> None:
@@ -571,6 +595,7 @@ COMMANDS: tuple[Callable[[Any], None], ...] = (
     add_resume_command,
     add_status_command,
 )
+
 
 # Subcommands with a parser of their own: name -> (help line, main(argv) -> exit code).
 def _instruments(argv: list[str]) -> int:

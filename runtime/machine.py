@@ -746,7 +746,18 @@ def job_progress(state: JobState) -> JobProgress:
         total_sheets=state.total_sheets,
         counts={status.value: count for status, count in state.counts.items() if count},
         cost=state.cost,
+        pause_reason=_pause_reason(state),
     )
+
+
+def _pause_reason(state: JobState) -> str | None:
+    if state.storage_error:
+        return f"storage: {state.storage_error}"
+    if state.status is not JobStatus.PAUSED:
+        return None
+    if state.open_fermatas:
+        return "fermata"
+    return "cost" if state.paused_for_cost else "user"
 
 
 def instrument_chain(state: JobState, sheet_num: int) -> tuple[str, ...]:

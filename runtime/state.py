@@ -235,6 +235,8 @@ class JobProgress:
     total_sheets: int
     counts: dict[str, int]
     cost: float
+    # Why a paused job is paused: "user", "cost", "fermata" or "storage: <error>".
+    pause_reason: str | None = None
 
     @property
     def done(self) -> int:

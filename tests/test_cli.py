@@ -577,3 +577,34 @@ def test_readme_embedding_snippet_runs(examples: Path) -> None:
     assert "fanout-report 5 sheet.completed" in done.stdout
     assert "completed 5 sheets completed" in done.stdout
     assert (examples / "workspace" / "fanout-report" / "report.md").is_file()
+
+
+def test_run_stops_with_a_message_when_every_job_paused_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """S24: a job over its cost limit pauses; nothing in `ensemble run` can resume
+    it, so the command says why and exits 1 instead of waiting for ever."""
+    from runtime.testing import ScriptedBackend, Succeed
+
+    real_start = runtime.start
+
+    def start_with_costly_cli(*args: Any, **kwargs: Any) -> runtime.Runtime:
+        kwargs["backends"] = {"cli": ScriptedBackend(default=Succeed(cost=2.0))}
+        return real_start(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "start", start_with_costly_cli)
+    score = tmp_path / "costly.yaml"
+    score.write_text(yaml.safe_dump({
+        "name": "costly",
+        "workspace": str(tmp_path / "ws"),
+        "instrument": "cli",
+        "sheet": {"size": 1, "total_items": 3},
+        "prompt": {"template": "true"},
+        "cost_limits": {"max_cost_per_job": 1.0},
+        "pause_between_sheets_seconds": 0,
+    }))  # fmt: skip
+    code = main(["run", str(score), "--state-dir", str(tmp_path / "state"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "job costly paused itself (cost)" in err
+    assert "ensemble resume --state-dir" in err
