@@ -32,6 +32,7 @@ from runtime.messages import (
     OpenJobFiles,
     Recipient,
     Reply,
+    SaveRuntimeState,
 )
 
 
@@ -60,6 +61,7 @@ class Persistence(EnsembleActor):
     ) -> None:
         super().__init__(context, parent=parent, key=("service", "persistence"))
         self._jobs_dir = journal.jobs_dir(state_dir)
+        self._runtime_file = state_dir / journal.RUNTIME_FILE
         self._fsync = fsync
         self._compact_after = compact_after
         self._jobs: dict[str, _OpenJob] = {}
@@ -92,6 +94,15 @@ class Persistence(EnsembleActor):
                 send(message.reply_to, Reply(value=orjson.loads(orjson.dumps(job.checkpoint))))
         elif isinstance(message, CloseJobFiles):
             self._close(message.job_id)
+        elif isinstance(message, SaveRuntimeState):
+            try:
+                _in_thread(
+                    journal.write_atomically, self._runtime_file, orjson.dumps(message.document)
+                )
+            except OSError as exc:
+                logger.error(
+                    "could not save the circuit breakers to {}: {}", self._runtime_file, exc
+                )
         else:
             return super().on_receive(message)
         return None

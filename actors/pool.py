@@ -38,6 +38,7 @@ from runtime.messages import (
     ReleaseLeases,
     Reply,
     RequestLeases,
+    SaveRuntimeState,
     WithdrawLeaseRequests,
 )
 from runtime.outcomes import OutcomeKind
@@ -63,6 +64,8 @@ class BackendPool(EnsembleActor):
         instrument_limits: Mapping[str, int],
         model_limits: Mapping[Key, int] | None = None,
         bus: ActorRef[Any] | None = None,
+        persistence: ActorRef[Any] | None = None,
+        breakers: Mapping[str, Mapping[str, Any]] | None = None,
         parent: Recipient | None = None,
     ) -> None:
         super().__init__(context, parent=parent, key=("service", "backend pool"))
@@ -71,9 +74,15 @@ class BackendPool(EnsembleActor):
             max_concurrent_sheets, dict(instrument_limits), dict(model_limits or {})
         )
         self._bus = bus
+        self._persistence = persistence
+        self._table.restore_breakers(breakers or {})
         self._jobs: dict[str, Recipient] = {}
         self._breaker_policies: dict[str, BreakerPolicy] = {}
         self._wake_at: float | None = None
+
+    def on_start(self) -> None:
+        # A breaker restored open must be tried again when its timeout ends.
+        self._arm_wake(self.context.clock.now())
 
     def on_receive(self, message: Any) -> Any:
         now = self.context.clock.now()
@@ -135,6 +144,11 @@ class BackendPool(EnsembleActor):
                 self._arm_wake(now)
             else:
                 self._publish(ev.CIRCUIT_CLOSED, now, instrument=grant.instrument, jobs=jobs)
+            # A breaker's opening and closing outlive a restart (S29).
+            send(
+                self._persistence,
+                SaveRuntimeState({"breakers": self._table.breaker_records()}),
+            )
 
     def _policy_of(self, lease_id: int) -> BreakerPolicy:
         grant = self._table.holder(lease_id)

@@ -261,6 +261,8 @@ class Runtime:
             instrument_limits=limits,
             model_limits=model_limits,
             bus=self._bus,
+            persistence=self._persistence,
+            breakers=journal.read_runtime_state(self.state_dir).get("breakers", {}),
             parent=guardian,
         )
         self._supervisor = Supervisor.start(

@@ -7,8 +7,10 @@ lease table asks it whether a lease may be granted and tells it outcomes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from runtime.policy import BreakerPolicy
 
@@ -28,6 +30,23 @@ class CircuitBreaker:
     consecutive_failures: int = 0
     open_until: float = 0.0
     trial_lease: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        """What survives a restart (S29): the state and its deadline. A half-open
+        breaker is stored as open and due, so its trial is simply run again."""
+        if self.state is BreakerState.CLOSED:
+            return {"state": "closed", "consecutive_failures": self.consecutive_failures}
+        return {
+            "state": "open",
+            "open_until": self.open_until if self.state is BreakerState.OPEN else 0.0,
+        }
+
+    @classmethod
+    def from_record(cls, instrument: str, record: Mapping[str, Any]) -> CircuitBreaker:
+        if record.get("state") == "open":
+            until = float(record.get("open_until", 0.0))
+            return cls(instrument, BreakerState.OPEN, open_until=until)
+        return cls(instrument, consecutive_failures=int(record.get("consecutive_failures", 0)))
 
     @property
     def trial_running(self) -> bool:

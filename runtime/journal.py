@@ -140,6 +140,23 @@ class LoadedCheckpoint:
     skipped_tail: bool
 
 
+RUNTIME_FILE = "runtime.json"
+
+
+def read_runtime_state(state_dir: Path) -> dict[str, Any]:
+    """The runtime-wide state a previous runtime left (its circuit breakers).
+    Missing or unreadable, it is empty: breakers then start closed, as new."""
+    path = state_dir / RUNTIME_FILE
+    try:
+        document = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, orjson.JSONDecodeError) as exc:
+        logger.warning("ignoring unreadable {}: {}; circuit breakers start closed", path, exc)
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
 def list_job_dirs(state_dir: Path) -> list[Path]:
     """Every job folder under a state directory, by name."""
     root = jobs_dir(state_dir)

@@ -15,7 +15,9 @@ number of (instrument, model) keys, never to the number of sheets waiting.
 from __future__ import annotations
 
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime.breakers import BreakerState, CircuitBreaker
 from runtime.policy import BreakerPolicy
@@ -195,6 +197,13 @@ class LeaseTable:
             if matches((grant.instrument, grant.model))
         )
         return sorted(jobs)
+
+    def breaker_records(self) -> dict[str, dict[str, Any]]:
+        return {name: breaker.to_record() for name, breaker in self.breakers.items()}
+
+    def restore_breakers(self, records: Mapping[str, Mapping[str, Any]]) -> None:
+        for name, record in records.items():
+            self.breakers[name] = CircuitBreaker.from_record(name, record)
 
     def holder(self, lease_id: int) -> Grant | None:
         return self._leases.get(lease_id)

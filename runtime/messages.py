@@ -265,6 +265,13 @@ class RecoverJob:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveRuntimeState:
+    """The runtime-wide state that outlives a restart (circuit breakers, S21/S29)."""
+
+    document: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
     """Append records to a job's journal; ``done`` is set once they are durable."""
 

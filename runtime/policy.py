@@ -64,9 +64,7 @@ class Policy:
     escalation: bool = False
 
 
-def policy_from_plan(
-    plan: Plan, *, self_healing: bool = False, escalation: bool = False
-) -> Policy:
+def policy_from_plan(plan: Plan, *, self_healing: bool = False, escalation: bool = False) -> Policy:
     """The policy of a planned score: its retry, rate_limit, circuit_breaker,
     cost_limits and pacing settings, plus the submit-time exhaustion options."""
     return Policy(
