@@ -108,3 +108,42 @@ def test_fixture_fails_a_test_that_leaves_an_actor_running(pytester: pytest.Pyte
     result = pytester.runpytest_inprocess(*INNER_ARGS)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*1 Ensemble actor(s) still running after the runtime stopped*"])
+
+
+MANUAL_CLOCK_TEST = """
+import pytest
+import runtime
+from runtime.testing import Fail, ScriptedBackend, Succeed
+
+CLOCK = runtime.ManualClock()
+SCORE = {{
+    "name": "slow-retry", "workspace": {workspace!r}, "instrument": "mock",
+    "sheet": {{"size": 1, "total_items": 1}}, "prompt": {{"template": "x"}},
+    "retry": {{"max_retries": 1, "base_delay_seconds": 3600, "jitter": False}},
+}}
+
+
+@pytest.fixture
+def ensemble_clock():
+    return CLOCK
+
+
+@pytest.fixture
+def ensemble_backends():
+    return {{"mock": ScriptedBackend({{1: [Fail(), Succeed()]}})}}
+
+
+def test_an_hour_long_retry_passes_in_no_time(ensemble_runtime):
+    job = ensemble_runtime.submit(SCORE)
+    assert CLOCK.wait_for_timers(1, 20)
+    CLOCK.advance(3600)
+    assert job.wait(20).status is runtime.JobStatus.COMPLETED
+"""
+
+
+def test_ensemble_clock_override_runs_the_fixture_on_a_manual_clock(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_clock=MANUAL_CLOCK_TEST.format(workspace=str(pytester.path / "ws")))
+    result = pytester.runpytest_inprocess(*INNER_ARGS)
+    result.assert_outcomes(passed=1)
