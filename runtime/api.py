@@ -203,6 +203,7 @@ class Runtime:
         self.state_dir = state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = _lock_state_dir(self.state_dir)
+        journal.remove_unfinished_creations(self.state_dir)
         self.raw_prompt_instruments = raw_prompt_instruments
         self.recovered: list[JobHandle] = []
         self.recovery_errors: list[str] = []

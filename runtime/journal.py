@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,18 @@ def read_runtime_state(state_dir: Path) -> dict[str, Any]:
         logger.warning("ignoring unreadable {}: {}; circuit breakers start closed", path, exc)
         return {}
     return document if isinstance(document, dict) else {}
+
+
+def remove_unfinished_creations(state_dir: Path) -> int:
+    """Delete job folders a killed runtime left half-built (hidden, never renamed
+    into place); only safe while holding the state directory's lock."""
+    root = jobs_dir(state_dir)
+    if not root.is_dir():
+        return 0
+    leftovers = [path for path in root.iterdir() if path.name.startswith(TEMPORARY_PREFIX)]
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(leftovers)
 
 
 def list_job_dirs(state_dir: Path) -> list[Path]:

@@ -771,7 +771,11 @@ def current_instrument(state: JobState, sheet: SheetState) -> tuple[str, str | N
     sheet_plan = state.plan.sheet(sheet.num)
     if sheet.instrument_index == 0:
         return sheet_plan.instrument, sheet_plan.model
-    return instrument_chain(state, sheet.num)[sheet.instrument_index], None
+    index = sheet.instrument_index - 1
+    configs = sheet_plan.fallback_configs
+    # A fallback given as an alias in `instruments` brings its own config (model).
+    model = configs[index].get("model") if index < len(configs) else None
+    return sheet_plan.fallbacks[index], model
 
 
 # --- internals -----------------------------------------------------------------------
