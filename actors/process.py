@@ -18,9 +18,9 @@ and a pidfd watched by the hub to learn when it exits.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import threading
@@ -33,7 +33,7 @@ from typing import IO, Any
 import gevent
 import gevent.event
 import gevent.os
-import gevent.socket
+from loguru import logger
 
 __all__ = ["ProcessResult", "decode_output", "run_process"]
 
@@ -54,8 +54,11 @@ _SIGKILL_WAIT_SECONDS = 5.0
 # more of it; measured on 2 cores, 16 start 1000 shells faster than 8 or 4
 # and as fast as 64.
 _SPAWN_THREADS = 16
-_SPAWNER: concurrent.futures.ThreadPoolExecutor | None = None
+# Not a ThreadPoolExecutor: its submit() costs the hub a semaphore and a
+# future per start, which shows with hundreds of starts at once.
+_SPAWN_JOBS: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
 _SPAWNER_LOCK = threading.Lock()
+_spawn_threads_running = False
 
 # Used only where pidfd_open is unavailable (non-Linux, kernels before 5.3,
 # sandboxes that filter the syscall).
@@ -124,7 +127,7 @@ def run_process(
 
     started_at = time.monotonic()
     try:
-        proc = _start_off_the_hub(argv, cwd, env, with_stdin=stdin is not None)
+        proc, pidfd = _start_off_the_hub(argv, cwd, env, with_stdin=stdin is not None)
     except OSError as exc:
         return ProcessResult(
             exit_code=None,
@@ -139,20 +142,22 @@ def run_process(
         )
 
     pid = proc.pid
-    pidfd = _open_pidfd(pid)
     # Popen always creates these two pipes because we asked for PIPE.
     assert proc.stdout is not None and proc.stderr is not None
     stdout_buffer = _TailBuffer(max_output_bytes)
     stderr_buffer = _TailBuffer(max_output_bytes)
-    # Spawned before anything can fail, so the finally block may rely on them.
-    leader_exit = gevent.spawn(_wait_until_exited, pid, pidfd)
-    drains = [
-        gevent.spawn(_drain, proc.stdout.fileno(), stdout_buffer),
-        gevent.spawn(_drain, proc.stderr.fileno(), stderr_buffer),
-    ]
-    helpers = [leader_exit, *drains]
+    # Created before anything can fail, so the finally block may rely on them.
+    # Hub callbacks, not a greenlet per fd: with hundreds of children starting
+    # at once the hub's time is the bottleneck, and a callback costs no
+    # greenlet creation or switch.
+    loop = gevent.get_hub().loop
+    leader_exit = _ExitWatch(loop, pid, pidfd)
+    drains = _Drains(
+        loop, [(proc.stdout.fileno(), stdout_buffer), (proc.stderr.fileno(), stderr_buffer)]
+    )
+    feeder: gevent.Greenlet | None = None
     if proc.stdin is not None:
-        helpers.append(gevent.spawn(_feed_stdin, proc.stdin, stdin or b""))
+        feeder = gevent.spawn(_feed_stdin, proc.stdin, stdin or b"")
 
     timed_out = False
     cancelled = False
@@ -166,13 +171,10 @@ def run_process(
         if on_start is not None:
             on_start(pid)
 
-        waitables: list[gevent.Greenlet | gevent.event.Event] = [leader_exit]
-        if cancel is not None:
-            waitables.append(cancel)
         remaining = None if timeout is None else max(0.0, started_at + timeout - time.monotonic())
-        gevent.wait(waitables, timeout=remaining, count=1)
+        _wait_for_exit_or_cancel(leader_exit.exited, cancel, remaining)
 
-        if not leader_exit.ready():
+        if not leader_exit.exited.is_set():
             # Cancel wins over timeout when both happened: it is the more
             # deliberate of the two.
             if cancel is not None and cancel.is_set():
@@ -182,25 +184,27 @@ def run_process(
             # Ask politely first so the child can clean up (flush, kill its own
             # children); SIGKILL follows in _kill_group_and_reap.
             _signal_group(pid, signal.SIGTERM)
-            leader_exit.join(timeout=kill_grace_seconds)
+            leader_exit.exited.wait(timeout=kill_grace_seconds)
 
         killed = True
         reaped, exit_code, wait_error = _kill_group_and_reap(proc, leader_exit)
 
         # Drains finish at EOF, i.e. once every writer of the pipes is gone.
-        gevent.joinall(drains, timeout=_DRAIN_GRACE_SECONDS)
+        drains.finished.wait(timeout=_DRAIN_GRACE_SECONDS)
     finally:
         if not killed:
             # Reached when the calling greenlet is killed (GreenletExit) or
             # on_start raised: nothing of the group may survive us.
             reaped = _kill_group_and_reap(proc, leader_exit)[0]
-        gevent.killall([helper for helper in helpers if helper is not leader_exit])
+        drains.close()
+        if feeder is not None:
+            feeder.kill()
         if reaped:
-            _close_pidfd(pidfd)
+            leader_exit.close()
         else:
             # The child did not die even after SIGKILL (uninterruptible sleep):
-            # the exit watcher still owns the pidfd; hand both to a reaper.
-            gevent.spawn(_reap_later, proc, leader_exit, pidfd)
+            # the exit watch still owns the pidfd; hand both to a reaper.
+            gevent.spawn(_reap_later, proc, leader_exit)
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
                 pipe.close()
@@ -217,6 +221,31 @@ def run_process(
         spawn_error=None,
         wait_error=wait_error,
     )
+
+
+def _wait_for_exit_or_cancel(
+    exited: gevent.event.Event, cancel: gevent.event.Event | None, timeout: float | None
+) -> None:
+    """Return once `exited` or `cancel` is set, or after `timeout`.
+
+    Not gevent.wait(): its general machinery costs the hub noticeably more,
+    which shows with hundreds of children at once.
+    """
+    if cancel is None:
+        exited.wait(timeout)
+        return
+    either = gevent.event.Event()
+
+    def wake(_: object) -> None:
+        either.set()
+
+    exited.rawlink(wake)
+    cancel.rawlink(wake)
+    try:
+        either.wait(timeout)
+    finally:
+        exited.unlink(wake)
+        cancel.unlink(wake)
 
 
 def _popen(
@@ -246,12 +275,14 @@ class _Start:
     notified, or the thread itself when the caller or its hub is gone.
     """
 
-    __slots__ = ("abandoned", "error", "lock", "proc")
+    __slots__ = ("abandoned", "error", "lock", "pidfd", "proc")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.abandoned = False
         self.proc: subprocess.Popen[bytes] | None = None
+        # Belongs to whoever owns ``proc``.
+        self.pidfd: int | None = None
         self.error: OSError | None = None
 
     def take(self) -> subprocess.Popen[bytes] | None:
@@ -266,8 +297,11 @@ def _start_off_the_hub(
     env: Mapping[str, str] | None,
     *,
     with_stdin: bool,
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], int | None]:
     """Start the child from a spawn thread; raise OSError as Popen does.
+
+    Returns the child, with its stdout and stderr pipes non-blocking, and its
+    pidfd (None where unavailable, see _open_pidfd).
 
     Popen returns only once the child has called exec, which takes milliseconds
     on a busy or virtualised machine: on the hub, 500 starts would freeze every
@@ -283,7 +317,7 @@ def _start_off_the_hub(
     wake = gevent.get_hub().loop.async_()
     wake.start(started.set)
     try:
-        _spawner().submit(_start_in_thread, start, wake, argv, cwd, env, with_stdin)
+        _submit_to_spawner(lambda: _start_in_thread(start, wake, argv, cwd, env, with_stdin))
         started.wait()
     except BaseException:
         # The caller was killed while the child was being started: whatever
@@ -292,7 +326,8 @@ def _start_off_the_hub(
             start.abandoned = True
         orphan = start.take()
         if orphan is not None:
-            _spawner().submit(_kill_abandoned, orphan)
+            orphan_pidfd = start.pidfd
+            _submit_to_spawner(lambda: _kill_abandoned(orphan, orphan_pidfd))
         raise
     finally:
         wake.close()
@@ -300,17 +335,44 @@ def _start_off_the_hub(
         raise start.error
     proc = start.take()
     assert proc is not None
-    return proc
+    return proc, start.pidfd
 
 
-def _spawner() -> concurrent.futures.ThreadPoolExecutor:
-    global _SPAWNER
-    with _SPAWNER_LOCK:
-        if _SPAWNER is None:
-            _SPAWNER = concurrent.futures.ThreadPoolExecutor(
-                _SPAWN_THREADS, thread_name_prefix="ensemble-spawn"
-            )
-        return _SPAWNER
+def _submit_to_spawner(job: Callable[[], None]) -> None:
+    """Run `job` in one of the spawn threads, started on first use."""
+    global _spawn_threads_running
+    if not _spawn_threads_running:
+        with _SPAWNER_LOCK:
+            if not _spawn_threads_running:
+                for index in range(_SPAWN_THREADS):
+                    # Daemons: idle ones must not keep the interpreter alive.
+                    threading.Thread(
+                        target=_spawn_worker, name=f"ensemble-spawn_{index}", daemon=True
+                    ).start()
+                _spawn_threads_running = True
+    _SPAWN_JOBS.put(job)
+
+
+def _spawn_worker() -> None:
+    while True:
+        job = _SPAWN_JOBS.get()
+        try:
+            job()
+        except Exception:
+            # The jobs handle their own errors; whatever escapes is a bug,
+            # which must be seen but not cost the pool a thread.
+            logger.exception("a process start job failed")
+        del job
+
+
+def _forget_spawn_threads() -> None:
+    # A forked child has none of its parent's threads; start new ones there.
+    global _spawn_threads_running, _SPAWN_JOBS
+    _spawn_threads_running = False
+    _SPAWN_JOBS = queue.SimpleQueue()
+
+
+os.register_at_fork(after_in_child=_forget_spawn_threads)
 
 
 def _start_in_thread(
@@ -323,17 +385,25 @@ def _start_in_thread(
 ) -> None:
     """Runs in a spawn thread: start the child, then wake the caller's hub."""
     proc: subprocess.Popen[bytes] | None = None
+    pidfd: int | None = None
     try:
         proc = _popen(argv, cwd, env, with_stdin)
     except OSError as exc:
         start.error = exc
+    else:
+        # Done here rather than on the hub, whose time is the scarcer.
+        pidfd = _open_pidfd(proc.pid)
+        assert proc.stdout is not None and proc.stderr is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        os.set_blocking(proc.stderr.fileno(), False)
     with start.lock:
         abandoned = start.abandoned
         if not abandoned:
             start.proc = proc
+            start.pidfd = pidfd
     if abandoned:
         if proc is not None:
-            _kill_abandoned(proc)
+            _kill_abandoned(proc, pidfd)
         return
     try:
         wake.send()
@@ -342,10 +412,10 @@ def _start_in_thread(
         # away meanwhile): nobody will collect the child but us.
         orphan = start.take()
         if orphan is not None:
-            _kill_abandoned(orphan)
+            _kill_abandoned(orphan, pidfd)
 
 
-def _kill_abandoned(proc: subprocess.Popen[bytes]) -> None:
+def _kill_abandoned(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
     """Kill the group of a child nobody waits for and reap it; runs in a pool
     thread, where blocking is fine. The same order as _kill_group_and_reap:
     kill, wait for the leader without reaping, sweep the group, reap."""
@@ -354,6 +424,8 @@ def _kill_abandoned(proc: subprocess.Popen[bytes]) -> None:
         os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
     _signal_group(proc.pid, signal.SIGKILL)
     _reap_blocking(proc)
+    if pidfd is not None:
+        os.close(pidfd)
     for pipe in (proc.stdin, proc.stdout, proc.stderr):
         if pipe is not None:
             pipe.close()
@@ -433,29 +505,51 @@ def _open_pidfd(pid: int) -> int | None:
         return None
 
 
-def _close_pidfd(pidfd: int | None) -> None:
-    if pidfd is not None:
-        os.close(pidfd)
-
-
-def _wait_until_exited(pid: int, pidfd: int | None) -> None:
-    """Return once the child has exited, leaving it unreaped (a zombie).
+class _ExitWatch:
+    """Sets `exited` once the child has exited, leaving it unreaped (a zombie).
 
     Not reaping here keeps the pid, and so the process group id, reserved
-    until the group has been swept with SIGKILL.
+    until the group has been swept with SIGKILL. Owns the pidfd.
     """
-    if pidfd is not None:
-        gevent.socket.wait_read(pidfd)
-        return
-    while True:
-        try:
-            # WNOWAIT: look at the exit without consuming it.
-            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return  # Reaped by someone else; _reap reports it.
-        if info is not None:
-            return
-        gevent.sleep(_EXIT_POLL_INTERVAL_SECONDS)
+
+    def __init__(self, loop: Any, pid: int, pidfd: int | None) -> None:
+        self.exited = gevent.event.Event()
+        self._pidfd = pidfd
+        self._watcher: Any = None
+        self._poller: gevent.Greenlet | None = None
+        if pidfd is not None:
+            self._watcher = loop.io(pidfd, 1)
+            self._watcher.start(self._on_exit)
+        else:
+            self._poller = gevent.spawn(self._poll, pid)
+
+    def _on_exit(self) -> None:
+        self._watcher.stop()
+        self.exited.set()
+
+    def _poll(self, pid: int) -> None:
+        while True:
+            try:
+                # WNOWAIT: look at the exit without consuming it.
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                break  # Reaped by someone else; _reap reports it.
+            if info is not None:
+                break
+            gevent.sleep(_EXIT_POLL_INTERVAL_SECONDS)
+        self.exited.set()
+
+    def close(self) -> None:
+        """Stop watching and close the pidfd (the watcher first: it uses the fd)."""
+        if self._watcher is not None:
+            self._watcher.close()
+            self._watcher = None
+        if self._poller is not None:
+            self._poller.kill()
+            self._poller = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
 
 def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
@@ -481,16 +575,14 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
     return exit_code, None
 
 
-def _reap_later(
-    proc: subprocess.Popen[bytes], leader_exit: gevent.Greenlet, pidfd: int | None
-) -> None:
+def _reap_later(proc: subprocess.Popen[bytes], leader_exit: _ExitWatch) -> None:
     """Last resort for a child that did not die within the SIGKILL wait."""
     try:
-        leader_exit.join()
+        leader_exit.exited.wait()
         _signal_group(proc.pid, signal.SIGKILL)
         _reap(proc)
     finally:
-        _close_pidfd(pidfd)
+        leader_exit.close()
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -503,7 +595,7 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _kill_group_and_reap(
-    proc: subprocess.Popen[bytes], leader_exit: gevent.Greenlet
+    proc: subprocess.Popen[bytes], leader_exit: _ExitWatch
 ) -> tuple[bool, int | None, str | None]:
     """SIGKILL the group, wait for the leader, sweep the group again, reap.
 
@@ -512,8 +604,7 @@ def _kill_group_and_reap(
     survive the run and keep our pipes open.
     """
     _signal_group(proc.pid, signal.SIGKILL)
-    leader_exit.join(timeout=_SIGKILL_WAIT_SECONDS)
-    if not leader_exit.ready():
+    if not leader_exit.exited.wait(timeout=_SIGKILL_WAIT_SECONDS):
         return (
             False,
             None,
@@ -528,14 +619,42 @@ def _kill_group_and_reap(
     return True, exit_code, wait_error
 
 
-def _drain(fd: int, buffer: _TailBuffer) -> None:
-    """Read `fd` until EOF into `buffer`, yielding to the hub while it is empty."""
-    gevent.os.make_nonblocking(fd)
-    while True:
-        chunk = gevent.os.nb_read(fd, _READ_CHUNK_BYTES)
-        if not chunk:
+class _Drains:
+    """Reads non-blocking pipes until EOF into tail buffers, from hub callbacks.
+
+    Sets `finished` once every pipe has reached EOF, i.e. once every writer
+    of the pipes is gone. One read per readiness event, so a child flooding
+    its output cannot starve the other greenlets of the hub.
+    """
+
+    def __init__(self, loop: Any, pipes: Sequence[tuple[int, _TailBuffer]]) -> None:
+        self.finished = gevent.event.Event()
+        self._watchers: dict[int, Any] = {}
+        for fd, buffer in pipes:
+            watcher = loop.io(fd, 1)
+            self._watchers[fd] = watcher
+            watcher.start(self._on_readable, fd, buffer)
+
+    def _on_readable(self, fd: int, buffer: _TailBuffer) -> None:
+        try:
+            chunk = os.read(fd, _READ_CHUNK_BYTES)
+        except BlockingIOError:
+            return  # Spurious wake-up.
+        except OSError:
+            chunk = b""  # Nothing more can be read from it (EIO and the like).
+        if chunk:
+            buffer.append(chunk)
             return
-        buffer.append(chunk)
+        watcher = self._watchers.pop(fd)
+        watcher.close()
+        if not self._watchers:
+            self.finished.set()
+
+    def close(self) -> None:
+        """Stop reading (before the pipes are closed: the watchers use the fds)."""
+        for watcher in self._watchers.values():
+            watcher.close()
+        self._watchers.clear()
 
 
 def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:

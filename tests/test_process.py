@@ -61,6 +61,19 @@ def run_in_hub_thread(func: Callable[[], T], timeout: float = RESULT_TIMEOUT) ->
     return value  # type: ignore[return-value]
 
 
+def open_pipes_and_pidfds() -> set[tuple[int, str]]:
+    """This process's open pipe and pidfd descriptors, with what they point at."""
+    found = set()
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{entry}")
+        except FileNotFoundError:
+            continue  # The descriptor listdir itself used, now closed.
+        if target.startswith("pipe:") or "pidfd" in target:
+            found.add((int(entry), target))
+    return found
+
+
 def run(argv: list[str], **kwargs: object) -> ProcessResult:
     """run_process(argv, **kwargs) in a dedicated hub thread."""
     return run_in_hub_thread(lambda: run_process(argv, **kwargs))  # type: ignore[arg-type]
@@ -421,14 +434,16 @@ def test_killing_the_caller_while_the_child_is_starting_kills_it(
         started.append(proc)
         return proc
 
-    def traced_kill(proc: subprocess.Popen[bytes]) -> None:
+    def traced_kill(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
         try:
-            real_kill(proc)
+            real_kill(proc, pidfd)
         finally:
             killed.set()
 
     monkeypatch.setattr(process, "_popen", slow_popen)
     monkeypatch.setattr(process, "_kill_abandoned", traced_kill)
+
+    fds_before = open_pipes_and_pidfds()
 
     def scenario() -> BaseException | None:
         caller = gevent.spawn(run_process, ["bash", "-c", "sleep 100 & wait"])
@@ -442,6 +457,8 @@ def test_killing_the_caller_while_the_child_is_starting_kills_it(
         value = run_in_hub_thread(scenario)
         release.set()
         assert killed.wait(RESULT_TIMEOUT)
+        # The spawn thread closed the orphan's pipes and pidfd too.
+        assert open_pipes_and_pidfds() == fds_before
     finally:
         release.set()
         os.close(entered_read)
@@ -480,6 +497,30 @@ def test_two_processes_run_concurrently_in_one_hub() -> None:
     start_1, end_1 = map(float, first.stdout.split())
     start_2, end_2 = map(float, second.stdout.split())
     assert start_1 < end_2 and start_2 < end_1
+
+
+def test_no_pipe_or_pidfd_outlives_a_run(tmp_path: Path) -> None:
+    # Normal exit, stdin fed, timeout, cancel, spawn error and a killed caller:
+    # each must close the pipes and the pidfd it opened.
+    fds_before = open_pipes_and_pidfds()
+
+    def scenario() -> None:
+        assert run_process(["true"]).exit_code == 0
+        assert run_process(["cat"], stdin=b"data").stdout == b"data"
+        assert run_process(["sleep", "100"], timeout=0.05, kill_grace_seconds=0).timed_out
+        cancel = gevent.event.Event()
+        cancel.set()
+        assert run_process(["sleep", "100"], cancel=cancel).cancelled
+        assert run_process(["true"], cwd=tmp_path / "missing").spawn_error is not None
+        started = gevent.event.Event()
+        caller = gevent.spawn(run_process, ["sleep", "100"], on_start=lambda pid: started.set())
+        assert started.wait(RESULT_TIMEOUT)
+        caller.kill(timeout=RESULT_TIMEOUT)
+        assert caller.dead
+
+    run_in_hub_thread(scenario)
+
+    assert open_pipes_and_pidfds() == fds_before
 
 
 def test_without_pidfd_exit_is_polled(monkeypatch: pytest.MonkeyPatch) -> None:
