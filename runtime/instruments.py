@@ -420,8 +420,12 @@ def build_environment(
 ) -> dict[str, str]:
     """The instrument's whole environment: the base allow-list, the profile's
     ``required_env`` and ``pass_env`` taken from the host when set, then ``extra``."""
-    allowed = (*BASE_ENVIRONMENT, *profile.required_env, *pass_env)
-    environment = {name: host_environment[name] for name in allowed if name in host_environment}
+    environment: dict[str, str] = {}
+    # One lookup per name: os.environ encodes the key on every access.
+    for name in (*BASE_ENVIRONMENT, *profile.required_env, *pass_env):
+        value = host_environment.get(name)
+        if value is not None:
+            environment[name] = value
     environment.update(extra or {})
     return environment
 
