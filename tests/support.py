@@ -9,12 +9,14 @@ that nothing signals (a file a child process writes).
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import gevent
 import pytest
 
 import runtime
@@ -181,3 +183,29 @@ def wait_until(condition: Callable[[], bool], timeout: float = WAIT_SECONDS) -> 
         if time.monotonic() > deadline:
             pytest.fail(f"condition not met within {timeout:g} s")
         time.sleep(0.02)
+
+
+T = TypeVar("T")
+
+
+def in_hub_thread(function: Callable[[], T], timeout: float = WAIT_SECONDS) -> T:
+    """Run ``function`` in a greenlet of a fresh hub in its own OS thread, as the
+    runtime runs its actors, and return its result (or raise its exception)."""
+    results: queue.Queue[tuple[bool, Any]] = queue.Queue()
+
+    def main() -> None:
+        try:
+            results.put((True, gevent.spawn(function).get()))
+        except BaseException as exc:
+            results.put((False, exc))
+        finally:
+            gevent.get_hub().destroy(destroy_loop=True)
+
+    thread = threading.Thread(target=main, name="test-hub", daemon=True)
+    thread.start()
+    ok, value = results.get(timeout=timeout)
+    thread.join(timeout)
+    assert not thread.is_alive(), "hub thread did not finish"
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import select
 import sys
-import threading
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +18,7 @@ import gevent
 import gevent.event
 import gevent.socket
 import pytest
-from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread
 
 import runtime
 from actors.backends.cli import RESULT_KEEP_CHARS, CliBackend, default_backends, run_cli_request
@@ -73,27 +70,6 @@ def request(
         timeout_seconds=timeout,
         model=model,
     )
-
-
-def in_hub_thread(function: Callable[[], T], timeout: float = WAIT_SECONDS) -> T:
-    """Run ``function`` in a greenlet of a fresh hub in its own thread."""
-    results: queue.Queue[tuple[bool, Any]] = queue.Queue()
-
-    def main() -> None:
-        try:
-            results.put((True, gevent.spawn(function).get()))
-        except BaseException as exc:
-            results.put((False, exc))
-        finally:
-            gevent.get_hub().destroy(destroy_loop=True)
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    ok, value = results.get(timeout=timeout)
-    thread.join(timeout)
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def run(spec: CliBackend, req: ExecutionRequest, **kwargs: Any) -> ExecutionResult:

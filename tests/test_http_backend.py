@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,7 +20,7 @@ import gevent
 import gevent.event
 import gevent.socket
 import pytest
-from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread
 
 import runtime
 from actors.backends.http import HttpBackend, run_http_request
@@ -148,26 +147,6 @@ def request(prompt: str, *, timeout: float = 10.0, model: str | None = None) -> 
         timeout_seconds=timeout,
         model=model,
     )
-
-
-def in_hub_thread(function: Callable[[], T], timeout: float = WAIT_SECONDS) -> T:
-    results: queue.Queue[tuple[bool, Any]] = queue.Queue()
-
-    def main() -> None:
-        try:
-            results.put((True, gevent.spawn(function).get()))
-        except BaseException as exc:
-            results.put((False, exc))
-        finally:
-            gevent.get_hub().destroy(destroy_loop=True)
-
-    thread = threading.Thread(target=main, daemon=True)
-    thread.start()
-    ok, value = results.get(timeout=timeout)
-    thread.join(timeout)
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 def run(spec: HttpBackend, req: ExecutionRequest, **kwargs: Any) -> ExecutionResult:

@@ -9,14 +9,12 @@ the tests wait on results, pidfds and FIFOs, always with a timeout.
 from __future__ import annotations
 
 import os
-import queue
 import select
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,6 +22,7 @@ import gevent
 import gevent.event
 import gevent.socket
 import pytest
+from support import in_hub_thread
 
 from actors import process
 from actors.process import ProcessResult, decode_output, run_process
@@ -36,29 +35,6 @@ T = TypeVar("T")
 
 PY = sys.executable
 RESULT_TIMEOUT = 20.0
-
-
-def run_in_hub_thread(func: Callable[[], T], timeout: float = RESULT_TIMEOUT) -> T:
-    """Run `func` in a greenlet of a fresh hub in a new OS thread; return its result."""
-    results: queue.Queue[tuple[bool, object]] = queue.Queue()
-
-    def thread_main() -> None:
-        try:
-            results.put((True, gevent.spawn(func).get()))
-        except BaseException as exc:
-            results.put((False, exc))
-        finally:
-            gevent.get_hub().destroy(destroy_loop=True)
-
-    thread = threading.Thread(target=thread_main, name="test-hub", daemon=True)
-    thread.start()
-    ok, value = results.get(timeout=timeout)
-    thread.join(timeout=timeout)
-    assert not thread.is_alive(), "hub thread did not finish"
-    if not ok:
-        assert isinstance(value, BaseException)
-        raise value
-    return value  # type: ignore[return-value]
 
 
 def open_pipes_and_pidfds() -> set[tuple[int, str]]:
@@ -76,7 +52,7 @@ def open_pipes_and_pidfds() -> set[tuple[int, str]]:
 
 def run(argv: list[str], **kwargs: object) -> ProcessResult:
     """run_process(argv, **kwargs) in a dedicated hub thread."""
-    return run_in_hub_thread(lambda: run_process(argv, **kwargs))  # type: ignore[arg-type]
+    return in_hub_thread(lambda: run_process(argv, **kwargs))  # type: ignore[arg-type]
 
 
 def live_members(pgid: int) -> list[int]:
@@ -353,7 +329,7 @@ def test_cancel_stops_the_process() -> None:
         # lets this finish in time.
         return run_process(["sleep", "100"], cancel=cancel, kill_grace_seconds=60, on_start=started)
 
-    result = run_in_hub_thread(scenario)
+    result = in_hub_thread(scenario)
 
     assert result.cancelled
     assert not result.timed_out
@@ -368,7 +344,7 @@ def test_cancel_set_before_start() -> None:
         cancel.set()
         return run_process(["sleep", "100"], cancel=cancel, timeout=60)
 
-    result = run_in_hub_thread(scenario)
+    result = in_hub_thread(scenario)
 
     assert result.cancelled
     assert result.exit_code == -signal.SIGTERM
@@ -408,7 +384,7 @@ def test_killing_the_caller_kills_the_group(tmp_path: Path) -> None:
         caller.kill(timeout=10)
         return caller.value, grandchild
 
-    value, grandchild = run_in_hub_thread(scenario)
+    value, grandchild = in_hub_thread(scenario)
 
     assert isinstance(value, gevent.GreenletExit)
     assert_reaped(pids[0])
@@ -454,7 +430,7 @@ def test_killing_the_caller_while_the_child_is_starting_kills_it(
 
     try:
         # The hub is gone when the child starts: the spawn thread cleans up alone.
-        value = run_in_hub_thread(scenario)
+        value = in_hub_thread(scenario)
         release.set()
         assert killed.wait(RESULT_TIMEOUT)
         # The spawn thread closed the orphan's pipes and pidfd too.
@@ -491,7 +467,7 @@ def test_two_processes_run_concurrently_in_one_hub() -> None:
         gevent.joinall(greenlets, raise_error=True)
         return [g.value for g in greenlets]
 
-    first, second = run_in_hub_thread(scenario)
+    first, second = in_hub_thread(scenario)
 
     assert first.exit_code == second.exit_code == 0
     start_1, end_1 = map(float, first.stdout.split())
@@ -518,7 +494,7 @@ def test_no_pipe_or_pidfd_outlives_a_run(tmp_path: Path) -> None:
         caller.kill(timeout=RESULT_TIMEOUT)
         assert caller.dead
 
-    run_in_hub_thread(scenario)
+    in_hub_thread(scenario)
 
     assert open_pipes_and_pidfds() == fds_before
 
