@@ -41,13 +41,16 @@ def rt_factory(tmp_path: Path) -> Iterator[RuntimeFactory]:
         max_concurrent_sheets: int = 10,
         clock: Any = None,
         state_dir: Path | None = None,
+        durability: str = "process",
+        **options: Any,
     ) -> runtime.Runtime:
         rt = runtime.start(
             state_dir if state_dir is not None else tmp_path / "state",
             backends=backends if backends is not None else {"mock": ScriptedBackend()},
             max_concurrent_sheets=max_concurrent_sheets,
             clock=clock,
-            durability="process",
+            durability=durability,
+            **options,
         )
         started.append(rt)
         return rt

@@ -101,6 +101,8 @@ class RuntimeFactory(Protocol):
         max_concurrent_sheets: int = 10,
         clock: Any = None,
         state_dir: Path | None = None,
+        durability: str = "process",
+        **options: Any,
     ) -> runtime.Runtime: ...
 
 

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from loguru import logger
-from support import WAIT_SECONDS, EventLog, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
 
 import runtime
 from actors.sheet import SheetActor
@@ -38,32 +38,11 @@ Starter = Callable[..., runtime.Runtime]
 
 
 @pytest.fixture
-def start_rt(tmp_path: Path) -> Iterator[Starter]:
-    """``start_rt(backends, clock=, recover=, durability=, **start_options)`` on tmp_path/state;
-    every runtime is stopped after the test and leaves no actor behind."""
-    started: list[runtime.Runtime] = []
-
-    def start(
-        backends: Mapping[str, Any], *, clock: Any = None, recover: bool = False,
-        durability: str = "process", state_dir: Path | None = None, **options: Any,
-    ) -> runtime.Runtime:  # fmt: skip
-        rt = runtime.start(
-            state_dir or tmp_path / "state",
-            backends=backends,
-            clock=clock,
-            durability=durability,
-            recover=recover,
-            **options,
-        )
-        started.append(rt)
-        return rt
-
-    yield start
-    for rt in started:
-        rt.stop()
-    for rt in started:
-        assert rt.alive_actors() == 0
-
+def start_rt(rt_factory: RuntimeFactory) -> Starter:
+    """``start_rt(backends, clock=, recover=, durability=, **start_options)`` on
+    tmp_path/state: the shared ``rt_factory``, which stops every runtime after the
+    test and checks it leaves no actor behind."""
+    return rt_factory
 
 def stored(rt: runtime.Runtime, job_id: str) -> dict[str, Any]:
     """The job's checkpoint as a recovery would read it from disk."""
