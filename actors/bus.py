@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
 from loguru import logger
 
 from actors.base import ActorContext, EnsembleActor
@@ -33,6 +34,8 @@ class Notify:
 
 
 _STOP = object()
+# How long stopping the bus waits for subscribers to take what was published.
+DELIVERY_DRAIN_SECONDS = 10.0
 
 
 class EventBus(EnsembleActor):
@@ -63,7 +66,10 @@ class EventBus(EnsembleActor):
         return None
 
     def on_stop(self) -> None:
+        # Everything published before the stop is delivered before stop() returns;
+        # the join waits in the thread pool, not on the hub.
         self._queue.put(_STOP)
+        gevent.get_hub().threadpool.apply(self.delivery_thread.join, (DELIVERY_DRAIN_SECONDS,))
 
     def on_failure(self, *_exc_info: Any) -> None:
         self._queue.put(_STOP)

@@ -459,7 +459,6 @@ class Runtime:
             self._hub.run(self._stop_actors, timeout, timeout=timeout * 3)
         except Exception:
             logger.exception("error while stopping the runtime's actors")
-        self._bus_thread_join(timeout)
         self._hub.stop(timeout)
         self._lock_file.close()  # releases the state directory
         with self._lock:
@@ -484,13 +483,6 @@ class Runtime:
         for ref in self.registry.alive():
             logger.warning("stopping leftover actor {}", ref)
             _stop_and_wait(ref, timeout)
-
-    def _bus_thread_join(self, timeout: float) -> None:
-        bus = self._bus
-        actor = getattr(bus, "_actor", None)
-        thread = getattr(actor, "delivery_thread", None)
-        if isinstance(thread, threading.Thread):
-            thread.join(timeout)
 
     @property
     def instruments(self) -> frozenset[str]:
