@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 import gevent
 import gevent.event
@@ -142,8 +142,6 @@ def run_process(
         )
 
     pid = proc.pid
-    # Popen always creates these two pipes because we asked for PIPE.
-    assert proc.stdout is not None and proc.stderr is not None
     stdout_buffer = _TailBuffer(max_output_bytes)
     stderr_buffer = _TailBuffer(max_output_bytes)
     # Created before anything can fail, so the finally block may rely on them.
@@ -152,12 +150,10 @@ def run_process(
     # greenlet creation or switch.
     loop = gevent.get_hub().loop
     leader_exit = _ExitWatch(loop, pid, pidfd)
-    drains = _Drains(
-        loop, [(proc.stdout.fileno(), stdout_buffer), (proc.stderr.fileno(), stderr_buffer)]
-    )
+    drains = _Drains(loop, [(proc.stdout_fd, stdout_buffer), (proc.stderr_fd, stderr_buffer)])
     feeder: gevent.Greenlet | None = None
-    if proc.stdin is not None:
-        feeder = gevent.spawn(_feed_stdin, proc.stdin, stdin or b"")
+    if proc.stdin_fd is not None:
+        feeder = gevent.spawn(_feed_stdin, proc, stdin or b"")
 
     timed_out = False
     cancelled = False
@@ -205,9 +201,7 @@ def run_process(
             # The child did not die even after SIGKILL (uninterruptible sleep):
             # the exit watch still owns the pidfd; hand both to a reaper.
             gevent.spawn(_reap_later, proc, leader_exit)
-        for pipe in (proc.stdin, proc.stdout, proc.stderr):
-            if pipe is not None:
-                pipe.close()
+        proc.close_pipes()
 
     return ProcessResult(
         exit_code=exit_code,
@@ -248,24 +242,101 @@ def _wait_for_exit_or_cancel(
         cancel.unlink(wake)
 
 
+class _Child:
+    """A started child: its Popen, and the parent's ends of its pipes.
+
+    The pipes are plain descriptors, not Popen's file objects: nothing here
+    reads them through Python's io layer, and hundreds of children at once
+    make the objects' creation and closing show. stdout and stderr are
+    non-blocking; ``stdin_fd`` is None unless input was asked for.
+    """
+
+    __slots__ = ("popen", "stderr_fd", "stdin_fd", "stdout_fd")
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], stdin_fd: int | None, stdout_fd: int, stderr_fd: int
+    ) -> None:
+        self.popen = popen
+        self.stdin_fd = stdin_fd
+        self.stdout_fd: int | None = stdout_fd
+        self.stderr_fd: int | None = stderr_fd
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def set_exit_code(self, exit_code: int) -> None:
+        # Popen must not try to reap the child again (its __del__ would).
+        self.popen.returncode = exit_code
+
+    def close_stdin(self) -> None:
+        if self.stdin_fd is not None:
+            os.close(self.stdin_fd)
+            self.stdin_fd = None
+
+    def close_pipes(self) -> None:
+        """Close every pipe end still open (after their watchers are closed)."""
+        self.close_stdin()
+        for fd in (self.stdout_fd, self.stderr_fd):
+            if fd is not None:
+                os.close(fd)
+        self.stdout_fd = self.stderr_fd = None
+
+
+_devnull_fd: int | None = None
+
+
+def _devnull() -> int:
+    """A read-only /dev/null for every child's stdin, opened once per process."""
+    global _devnull_fd
+    if _devnull_fd is None:
+        _devnull_fd = os.open(os.devnull, os.O_RDONLY)  # not inherited (PEP 446)
+    return _devnull_fd
+
+
 def _popen(
     argv: Sequence[str],
     cwd: str | os.PathLike[str] | None,
     env: Mapping[str, str] | None,
     with_stdin: bool,
-) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        list(argv),
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        # Own session => own process group with pgid == pid, which we can
-        # signal as a whole without touching our own group.
-        start_new_session=True,
-        close_fds=True,
-    )
+) -> _Child:
+    """Start the child with fresh pipes for stdout and stderr (and stdin if
+    asked, else /dev/null); raise OSError as Popen does, leaking no descriptor."""
+    opened: list[int] = []
+    try:
+        stdout_read, stdout_write = os.pipe()
+        opened += (stdout_read, stdout_write)
+        stderr_read, stderr_write = os.pipe()
+        opened += (stderr_read, stderr_write)
+        stdin_read, stdin_write = _devnull(), None
+        if with_stdin:
+            stdin_read, stdin_write = os.pipe()
+            opened += (stdin_read, stdin_write)
+        popen = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=env,
+            stdin=stdin_read,
+            stdout=stdout_write,
+            stderr=stderr_write,
+            # Own session => own process group with pgid == pid, which we can
+            # signal as a whole without touching our own group.
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    # The child holds its own copies of these ends; ours would keep the pipes
+    # from ever reaching EOF.
+    os.close(stdout_write)
+    os.close(stderr_write)
+    if stdin_write is not None:
+        os.close(stdin_read)
+    os.set_blocking(stdout_read, False)
+    os.set_blocking(stderr_read, False)
+    return _Child(popen, stdin_write, stdout_read, stderr_read)
 
 
 class _Start:
@@ -280,12 +351,12 @@ class _Start:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.abandoned = False
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: _Child | None = None
         # Belongs to whoever owns ``proc``.
         self.pidfd: int | None = None
         self.error: OSError | None = None
 
-    def take(self) -> subprocess.Popen[bytes] | None:
+    def take(self) -> _Child | None:
         with self.lock:
             proc, self.proc = self.proc, None
             return proc
@@ -297,11 +368,10 @@ def _start_off_the_hub(
     env: Mapping[str, str] | None,
     *,
     with_stdin: bool,
-) -> tuple[subprocess.Popen[bytes], int | None]:
+) -> tuple[_Child, int | None]:
     """Start the child from a spawn thread; raise OSError as Popen does.
 
-    Returns the child, with its stdout and stderr pipes non-blocking, and its
-    pidfd (None where unavailable, see _open_pidfd).
+    Returns the child and its pidfd (None where unavailable, see _open_pidfd).
 
     Popen returns only once the child has called exec, which takes milliseconds
     on a busy or virtualised machine: on the hub, 500 starts would freeze every
@@ -384,7 +454,7 @@ def _start_in_thread(
     with_stdin: bool,
 ) -> None:
     """Runs in a spawn thread: start the child, then wake the caller's hub."""
-    proc: subprocess.Popen[bytes] | None = None
+    proc: _Child | None = None
     pidfd: int | None = None
     try:
         proc = _popen(argv, cwd, env, with_stdin)
@@ -393,9 +463,6 @@ def _start_in_thread(
     else:
         # Done here rather than on the hub, whose time is the scarcer.
         pidfd = _open_pidfd(proc.pid)
-        assert proc.stdout is not None and proc.stderr is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        os.set_blocking(proc.stderr.fileno(), False)
     with start.lock:
         abandoned = start.abandoned
         if not abandoned:
@@ -415,7 +482,7 @@ def _start_in_thread(
             _kill_abandoned(orphan, pidfd)
 
 
-def _kill_abandoned(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
+def _kill_abandoned(proc: _Child, pidfd: int | None) -> None:
     """Kill the group of a child nobody waits for and reap it; runs in a pool
     thread, where blocking is fine. The same order as _kill_group_and_reap:
     kill, wait for the leader without reaping, sweep the group, reap."""
@@ -426,18 +493,16 @@ def _kill_abandoned(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
     _reap_blocking(proc)
     if pidfd is not None:
         os.close(pidfd)
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
+    proc.close_pipes()
 
 
-def _reap_blocking(proc: subprocess.Popen[bytes]) -> None:
+def _reap_blocking(proc: _Child) -> None:
     try:
         _, status = os.waitpid(proc.pid, 0)
     except ChildProcessError:
-        proc.returncode = -1
+        proc.set_exit_code(-1)
         return
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.set_exit_code(os.waitstatus_to_exitcode(status))
 
 
 class _TailBuffer:
@@ -552,7 +617,7 @@ class _ExitWatch:
             self._pidfd = None
 
 
-def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
+def _reap(proc: _Child) -> tuple[int | None, str | None]:
     """Collect the exit status of an exited child; never blocks.
 
     Not Popen.wait(): it turns "already reaped by someone else" (ECHILD) into
@@ -561,8 +626,7 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
     try:
         waited_pid, status = os.waitpid(proc.pid, os.WNOHANG)
     except ChildProcessError:
-        # Tell Popen it is done so it does not try to reap it again later.
-        proc.returncode = -1
+        proc.set_exit_code(-1)
         return None, (
             f"exit status of process {proc.pid} was lost: another part of this "
             "program reaped it (is gevent.subprocess used on the default loop?)"
@@ -571,11 +635,11 @@ def _reap(proc: subprocess.Popen[bytes]) -> tuple[int | None, str | None]:
         # Only reachable if called before the exit; keep the API honest.
         return None, f"process {proc.pid} had not exited when reaped"
     exit_code = os.waitstatus_to_exitcode(status)
-    proc.returncode = exit_code
+    proc.set_exit_code(exit_code)
     return exit_code, None
 
 
-def _reap_later(proc: subprocess.Popen[bytes], leader_exit: _ExitWatch) -> None:
+def _reap_later(proc: _Child, leader_exit: _ExitWatch) -> None:
     """Last resort for a child that did not die within the SIGKILL wait."""
     try:
         leader_exit.exited.wait()
@@ -595,15 +659,17 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _kill_group_and_reap(
-    proc: subprocess.Popen[bytes], leader_exit: _ExitWatch
+    proc: _Child, leader_exit: _ExitWatch
 ) -> tuple[bool, int | None, str | None]:
-    """SIGKILL the group, wait for the leader, sweep the group again, reap.
+    """SIGKILL the group unless the leader has exited, wait for the leader,
+    sweep the group, reap.
 
-    Returns (reaped, exit_code, wait_error). After a normal exit the first
-    SIGKILL only hits leftover background descendants; they would otherwise
-    survive the run and keep our pipes open.
+    Returns (reaped, exit_code, wait_error). After a normal exit the sweep
+    only hits leftover background descendants; they would otherwise survive
+    the run and keep our pipes open.
     """
-    _signal_group(proc.pid, signal.SIGKILL)
+    if not leader_exit.exited.is_set():
+        _signal_group(proc.pid, signal.SIGKILL)
     if not leader_exit.exited.wait(timeout=_SIGKILL_WAIT_SECONDS):
         return (
             False,
@@ -657,10 +723,11 @@ class _Drains:
         self._watchers.clear()
 
 
-def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
+def _feed_stdin(proc: _Child, data: bytes) -> None:
     """Write `data` to the child's stdin, then close it so the child sees EOF."""
+    fd = proc.stdin_fd
+    assert fd is not None
     try:
-        fd = pipe.fileno()
         gevent.os.make_nonblocking(fd)
         view = memoryview(data)
         while view:
@@ -669,6 +736,4 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
     except BrokenPipeError:
         pass  # The child exited or closed stdin without reading it all: its choice.
     finally:
-        # Closing flushes nothing (we wrote past the buffer), but be safe.
-        with contextlib.suppress(BrokenPipeError):
-            pipe.close()
+        proc.close_stdin()

@@ -400,17 +400,17 @@ def test_killing_the_caller_while_the_child_is_starting_kills_it(
     entered_read, entered_write = os.pipe()
     release = threading.Event()
     killed = threading.Event()
-    started: list[subprocess.Popen[bytes]] = []
+    started: list[process._Child] = []
     real_popen, real_kill = process._popen, process._kill_abandoned
 
-    def slow_popen(*args: object) -> subprocess.Popen[bytes]:
+    def slow_popen(*args: object) -> process._Child:
         os.write(entered_write, b"x")
         release.wait(RESULT_TIMEOUT)
         proc = real_popen(*args)  # type: ignore[arg-type]
         started.append(proc)
         return proc
 
-    def traced_kill(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
+    def traced_kill(proc: process._Child, pidfd: int | None) -> None:
         try:
             real_kill(proc, pidfd)
         finally:
