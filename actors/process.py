@@ -251,15 +251,16 @@ class _Child:
     non-blocking; ``stdin_fd`` is None unless input was asked for.
     """
 
-    __slots__ = ("popen", "stderr_fd", "stdin_fd", "stdout_fd")
+    __slots__ = ("_output_open", "popen", "stderr_fd", "stdin_fd", "stdout_fd")
 
     def __init__(
         self, popen: subprocess.Popen[bytes], stdin_fd: int | None, stdout_fd: int, stderr_fd: int
     ) -> None:
         self.popen = popen
         self.stdin_fd = stdin_fd
-        self.stdout_fd: int | None = stdout_fd
-        self.stderr_fd: int | None = stderr_fd
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self._output_open = True
 
     @property
     def pid(self) -> int:
@@ -277,10 +278,10 @@ class _Child:
     def close_pipes(self) -> None:
         """Close every pipe end still open (after their watchers are closed)."""
         self.close_stdin()
-        for fd in (self.stdout_fd, self.stderr_fd):
-            if fd is not None:
-                os.close(fd)
-        self.stdout_fd = self.stderr_fd = None
+        if self._output_open:
+            self._output_open = False
+            os.close(self.stdout_fd)
+            os.close(self.stderr_fd)
 
 
 _devnull_fd: int | None = None

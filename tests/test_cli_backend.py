@@ -445,7 +445,16 @@ def test_a_simple_command_runs_without_a_shell_and_anything_else_under_bash() ->
     path = os.environ.get("PATH", os.defpath)
     direct = without_shell(["bash", "-c", "sleep  1"], path)
     assert os.path.basename(direct[0]) == "sleep" and direct[1:] == ["1"]
-    for script in ("echo hi > out", "cd sub", "exit 3", "A=1 env", "echo $HOME", "a\nb",
-                   "no-such-program-here x", "echo 'quoted'", ""):
+    for script in (
+        "echo hi > out",
+        "cd sub",
+        "exit 3",
+        "A=1 env",
+        "echo $HOME",
+        "a\nb",
+        "no-such-program-here x",
+        "echo 'quoted'",
+        "",
+    ):
         assert without_shell(["bash", "-c", script], path) == ["bash", "-c", script]
     assert without_shell(["claude", "-p", "sleep 1"], path) == ["claude", "-p", "sleep 1"]

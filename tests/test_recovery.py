@@ -44,6 +44,7 @@ def start_rt(rt_factory: RuntimeFactory) -> Starter:
     test and checks it leaves no actor behind."""
     return rt_factory
 
+
 def stored(rt: runtime.Runtime, job_id: str) -> dict[str, Any]:
     """The job's checkpoint as a recovery would read it from disk."""
     return journal.load_checkpoint(rt.state_dir / "jobs" / job_id).checkpoint
