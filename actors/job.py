@@ -346,7 +346,12 @@ class JobActor(EnsembleActor):
                 self._pool,
                 RequestLeases(state.job_id, requests, state.policy.breaker, job_ref),
             )
-        for order in fx.attempts:
+        for count, order in enumerate(fx.attempts, start=1):
+            if count % _ATTEMPTS_BEFORE_YIELD == 0:
+                # Let the attempts told so far reach their backends before the
+                # rest are told: the first children start while later sheet
+                # actors are still being made, instead of after all of them.
+                gevent.sleep(0)
             self._sheet_actor(order.sheet_num).tell(
                 RunAttempt(
                     order.attempt,
@@ -397,6 +402,10 @@ class JobActor(EnsembleActor):
             self._sheets[sheet_num] = ref
             self._sheet_by_urn[ref.actor_urn] = sheet_num
         return ref
+
+
+# How many attempts a batch starts between yields to the hub (see _release).
+_ATTEMPTS_BEFORE_YIELD = 32
 
 
 class _FutureRecipient:

@@ -3,10 +3,10 @@
 
 Measures what the runtime adds on top of the instrument's own time: spawning,
 reaping and draining child processes from the hub, leases, the journal.
-Persistence is on, with its default durability. Like bench/throughput.py (and
-a long-running host), it moves the objects its imports created out of the
-cyclic garbage collector's scans (``gc.freeze()``) before it starts the
-runtime (``--no-gc-freeze`` measures without). Prints one JSON line:
+Persistence is on, with its default durability. Like bench/throughput.py and
+the ``ensemble`` command, it tunes the garbage collector before it starts the
+runtime (``runtime.gc_tuning``); ``--no-gc-tuning`` measures with CPython's
+defaults. Prints one JSON line:
 {"sheets", "concurrency", "seconds", "ideal_seconds", "overhead_pct", "peak_rss_mb"}.
 
     python bench/subprocess_fanout.py --sheets 1000 --seconds 1 --concurrency 500
@@ -15,7 +15,6 @@ runtime (``--no-gc-freeze`` measures without). Prints one JSON line:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import resource
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import runtime
+from runtime.gc_tuning import tune_for_long_runs
 
 
 def build_score(sheets: int, seconds: float, concurrency: int, workspace: Path) -> dict[str, Any]:
@@ -47,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sheets", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=1.0, help="how long each sheet sleeps")
     parser.add_argument("--concurrency", type=int, default=500)
-    parser.add_argument("--no-gc-freeze", action="store_true")
+    parser.add_argument(
+        "--no-gc-tuning", action="store_true", help="keep the garbage collector's defaults"
+    )
     args = parser.parse_args(argv)
-    if not args.no_gc_freeze:
-        gc.freeze()
+    if not args.no_gc_tuning:
+        tune_for_long_runs()
     if args.sheets < 1 or args.concurrency < 1 or args.seconds < 0:
         parser.error("--sheets and --concurrency must be at least 1, --seconds not negative")
     with tempfile.TemporaryDirectory(prefix="ensemble-bench-") as tmp:

@@ -1,10 +1,10 @@
 """Control-plane throughput: one job of N sheets on a backend that succeeds at once.
 
 Persistence is on, with its default durability. Like the ``ensemble`` command,
-the script freezes the objects created by its imports out of the garbage
-collector's scans (``gc.freeze()``) before it starts the runtime: those
-hundreds of thousands of long-lived objects otherwise make every full
-collection cost tens of milliseconds (``--no-gc-freeze`` measures without).
+the script tunes the garbage collector before it starts the runtime
+(``runtime.gc_tuning``: the objects its imports made are frozen out of the
+scans, and young-generation passes run less often); ``--no-gc-tuning``
+measures with CPython's defaults.
 Prints one JSON line: {"shape", "sheets", "seconds", "sheets_per_s", "peak_rss_mb"}.
 
     python bench/throughput.py --sheets 10000 --shape independent|chain|fanout
@@ -13,7 +13,6 @@ Prints one JSON line: {"shape", "sheets", "seconds", "sheets_per_s", "peak_rss_m
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import resource
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import runtime
+from runtime.gc_tuning import tune_for_long_runs
 from runtime.testing import ScriptedBackend
 
 
@@ -56,10 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         "--shape", default="independent", choices=["independent", "chain", "fanout"]
     )
     parser.add_argument("--max-concurrent", type=int, default=1000)
-    parser.add_argument("--no-gc-freeze", action="store_true")
+    parser.add_argument(
+        "--no-gc-tuning", action="store_true", help="keep the garbage collector's defaults"
+    )
     args = parser.parse_args(argv)
-    if not args.no_gc_freeze:
-        gc.freeze()
+    if not args.no_gc_tuning:
+        tune_for_long_runs()
     with tempfile.TemporaryDirectory(prefix="ensemble-bench-") as tmp:
         score = build_score(args.sheets, args.shape, Path(tmp) / "workspace")
         with runtime.start(

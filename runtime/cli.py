@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import json
 import os
 import queue
@@ -37,6 +36,7 @@ import runtime
 from runtime import journal
 from runtime.errors import ConfigError, EnsembleError, JobNotFoundError
 from runtime.events import Event
+from runtime.gc_tuning import tune_for_long_runs
 from runtime.plan import build_plan
 from runtime.progress import (
     STATUS_ORDER,
@@ -66,9 +66,7 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: list[str] | None = None) -> int:
     """Run the ``ensemble`` command with ``argv`` (default: ``sys.argv[1:]``)."""
     arguments = sys.argv[1:] if argv is None else list(argv)
-    # The objects our imports made live as long as the command: keep the cyclic
-    # garbage collector from scanning them on every full collection.
-    gc.freeze()
+    tune_for_long_runs()
     try:
         if arguments and arguments[0] in DELEGATED_COMMANDS:
             _, delegate = DELEGATED_COMMANDS[arguments[0]]
