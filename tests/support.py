@@ -9,7 +9,9 @@ that nothing signals (a file a child process writes).
 
 from __future__ import annotations
 
+import os
 import queue
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -211,3 +213,18 @@ def in_hub_thread(function: Callable[[], T], timeout: float = WAIT_SECONDS) -> T
     if not ok:
         raise value
     return value  # type: ignore[no-any-return]
+
+
+def wait_for_exit(pid: int, timeout: float, what: str) -> None:
+    """Wait on a pidfd until process ``pid`` has exited (or is already gone);
+    fail naming ``what`` after ``timeout`` seconds. A zombie counts as exited."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        assert poller.poll(timeout * 1000), f"{what} is still alive"
+    finally:
+        os.close(pidfd)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ import gevent
 import gevent.event
 import gevent.socket
 import pytest
-from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread, wait_for_exit
 
 import runtime
 from actors.backends.cli import RESULT_KEEP_CHARS, CliBackend, default_backends, run_cli_request
@@ -94,16 +93,7 @@ def assert_gone(pids: list[int], timeout: float = 5.0) -> None:
     """Every process exits within ``timeout``: a process that was just sent
     SIGKILL may still be running its exit; its pidfd turns readable once done."""
     for pid in pids:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            assert poller.poll(timeout * 1000), f"process {pid} is still alive"
-        finally:
-            os.close(pidfd)
+        wait_for_exit(pid, timeout, f"process {pid}")
         assert not alive(pid)
 
 

@@ -9,7 +9,6 @@ the tests wait on results, pidfds and FIFOs, always with a timeout.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import gevent
 import gevent.event
 import gevent.socket
 import pytest
-from support import in_hub_thread
+from support import in_hub_thread, wait_for_exit
 
 from actors import process
 from actors.process import ProcessResult, decode_output, run_process
@@ -82,16 +81,7 @@ def assert_group_gone(pgid: int, timeout: float = 5.0) -> None:
     wait (on a pidfd) for each live member to exit instead.
     """
     for member in live_members(pgid):
-        try:
-            pidfd = os.pidfd_open(member)
-        except ProcessLookupError:
-            continue
-        try:
-            poller = select.poll()
-            poller.register(pidfd, select.POLLIN)
-            assert poller.poll(timeout * 1000), f"process {member} of group {pgid} is alive"
-        finally:
-            os.close(pidfd)
+        wait_for_exit(member, timeout, f"process {member} of group {pgid}")
     assert live_members(pgid) == []
 
 
