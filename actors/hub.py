@@ -54,6 +54,10 @@ class HubThread:
             # An active async watcher keeps the loop alive while nothing else is scheduled.
             keepalive = self.loop.async_()
             keepalive.start(lambda: None)
+            # Made now rather than by a job's first file operation, which would
+            # otherwise wait for gevent to import and build the pool (~10 ms).
+            hub.threadpool  # noqa: B018
+
         except BaseException as exc:
             self._failure = exc
             self._ready.set()

@@ -12,8 +12,9 @@ It must not decide anything about outcomes: it does not classify errors, retry,
 or interpret output; it reports what happened in a `ProcessResult`. It never
 monkey-patches and never uses `gevent.subprocess`, whose child watchers only
 work on the default loop (``TypeError: child watchers are only available on the
-default loop``); instead it uses the stdlib `subprocess.Popen` to start the child
-and a pidfd watched by the hub to learn when it exits.
+default loop``); instead it starts the child with libc's posix_spawn
+(`actors.posix_spawn`) or, where that is unavailable, the stdlib
+`subprocess.Popen`, and learns of its exit from a pidfd watched by the hub.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -35,7 +37,9 @@ import gevent.event
 import gevent.os
 from loguru import logger
 
-__all__ = ["ProcessResult", "decode_output", "run_process"]
+from actors import posix_spawn
+
+__all__ = ["ProcessResult", "decode_output", "run_process", "start_spawn_threads"]
 
 # A Linux pipe holds 64 KiB by default, so larger reads rarely return more.
 _READ_CHUNK_BYTES = 64 * 1024
@@ -243,7 +247,8 @@ def _wait_for_exit_or_cancel(
 
 
 class _Child:
-    """A started child: its Popen, and the parent's ends of its pipes.
+    """A started child: its pid (and Popen, if Popen started it), and the
+    parent's ends of its pipes.
 
     The pipes are plain descriptors, not Popen's file objects: nothing here
     reads them through Python's io layer, and hundreds of children at once
@@ -251,24 +256,27 @@ class _Child:
     non-blocking; ``stdin_fd`` is None unless input was asked for.
     """
 
-    __slots__ = ("_output_open", "popen", "stderr_fd", "stdin_fd", "stdout_fd")
+    __slots__ = ("_output_open", "pid", "popen", "stderr_fd", "stdin_fd", "stdout_fd")
 
     def __init__(
-        self, popen: subprocess.Popen[bytes], stdin_fd: int | None, stdout_fd: int, stderr_fd: int
+        self,
+        pid: int,
+        popen: subprocess.Popen[bytes] | None,
+        stdin_fd: int | None,
+        stdout_fd: int,
+        stderr_fd: int,
     ) -> None:
+        self.pid = pid
         self.popen = popen
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self.stderr_fd = stderr_fd
         self._output_open = True
 
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
     def set_exit_code(self, exit_code: int) -> None:
-        # Popen must not try to reap the child again (its __del__ would).
-        self.popen.returncode = exit_code
+        if self.popen is not None:
+            # Popen must not try to reap the child again (its __del__ would).
+            self.popen.returncode = exit_code
 
     def close_stdin(self) -> None:
         if self.stdin_fd is not None:
@@ -295,6 +303,25 @@ def _devnull() -> int:
     return _devnull_fd
 
 
+def _pipe(*, nonblocking_read: bool) -> tuple[int, int]:
+    """A pipe (read end, write end), neither inherited by children."""
+    if posix_spawn.available():
+        return posix_spawn.pipe(nonblocking_read=nonblocking_read)
+    read_end, write_end = os.pipe()
+    if nonblocking_read:
+        os.set_blocking(read_end, False)
+    return read_end, write_end
+
+
+def _close(fd: int) -> None:
+    # In a spawn thread, where os.close's release of the GIL costs a wait
+    # behind the hub (see actors.posix_spawn).
+    if posix_spawn.available():
+        posix_spawn.close(fd)
+    else:
+        os.close(fd)
+
+
 def _popen(
     argv: Sequence[str],
     cwd: str | os.PathLike[str] | None,
@@ -302,42 +329,96 @@ def _popen(
     with_stdin: bool,
 ) -> _Child:
     """Start the child with fresh pipes for stdout and stderr (and stdin if
-    asked, else /dev/null); raise OSError as Popen does, leaking no descriptor."""
+    asked, else /dev/null); raise OSError as Popen does, leaking no descriptor.
+
+    Through posix_spawn where this libc allows it (``actors.posix_spawn``),
+    else, or when that fails, through Popen, whose error then says why."""
     opened: list[int] = []
     try:
-        stdout_read, stdout_write = os.pipe()
+        stdout_read, stdout_write = _pipe(nonblocking_read=True)
         opened += (stdout_read, stdout_write)
-        stderr_read, stderr_write = os.pipe()
+        stderr_read, stderr_write = _pipe(nonblocking_read=True)
         opened += (stderr_read, stderr_write)
         stdin_read, stdin_write = _devnull(), None
         if with_stdin:
-            stdin_read, stdin_write = os.pipe()
+            stdin_read, stdin_write = _pipe(nonblocking_read=False)
             opened += (stdin_read, stdin_write)
-        popen = subprocess.Popen(
-            list(argv),
-            cwd=cwd,
-            env=env,
-            stdin=stdin_read,
-            stdout=stdout_write,
-            stderr=stderr_write,
-            # Own session => own process group with pgid == pid, which we can
-            # signal as a whole without touching our own group.
-            start_new_session=True,
-            close_fds=True,
-        )
+        popen: subprocess.Popen[bytes] | None = None
+        pid = _spawn(argv, cwd, env, stdin_read, stdout_write, stderr_write)
+        if pid is None:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=env,
+                stdin=stdin_read,
+                stdout=stdout_write,
+                stderr=stderr_write,
+                # Own session => own process group with pgid == pid, which we can
+                # signal as a whole without touching our own group.
+                start_new_session=True,
+                close_fds=True,
+            )
+            pid = popen.pid
     except BaseException:
         for fd in opened:
-            os.close(fd)
+            _close(fd)
         raise
     # The child holds its own copies of these ends; ours would keep the pipes
     # from ever reaching EOF.
-    os.close(stdout_write)
-    os.close(stderr_write)
+    _close(stdout_write)
+    _close(stderr_write)
     if stdin_write is not None:
-        os.close(stdin_read)
-    os.set_blocking(stdout_read, False)
-    os.set_blocking(stderr_read, False)
-    return _Child(popen, stdin_write, stdout_read, stderr_read)
+        _close(stdin_read)
+    return _Child(pid, popen, stdin_write, stdout_read, stderr_read)
+
+
+def _spawn(
+    argv: Sequence[str],
+    cwd: str | os.PathLike[str] | None,
+    env: Mapping[str, str] | None,
+    stdin_fd: int,
+    stdout_fd: int,
+    stderr_fd: int,
+) -> int | None:
+    """Start the child through posix_spawn and return its pid; None to leave
+    it to Popen (no posix_spawn here, an unusual case, or a failure that
+    Popen will report in its own words)."""
+    if not posix_spawn.available() or min(stdin_fd, stdout_fd, stderr_fd) < 3:
+        # A source descriptor 0-2 would need dup2 onto itself, which Popen handles.
+        return None
+    environment = os.environ if env is None else env
+    executable = _executable(argv[0], environment.get("PATH", os.defpath))
+    if executable is None:
+        return None
+    try:
+        return posix_spawn.spawn(executable, argv, environment, cwd, stdin_fd, stdout_fd, stderr_fd)
+    except OSError:
+        _EXECUTABLES.pop((argv[0], environment.get("PATH", os.defpath)), None)
+        return None
+
+
+# (name, PATH) -> the absolute path Popen would run: a PATH search is a stat
+# per folder, remembered as a shell's hash table does. A stale entry only makes
+# one start fail over to Popen, which searches afresh.
+_EXECUTABLES: dict[tuple[str, str], str] = {}
+_MAX_REMEMBERED_EXECUTABLES = 256
+
+
+def _executable(name: str, path: str) -> str | None:
+    """What Popen would execute for ``name`` with this PATH, when certain."""
+    if os.sep in name:
+        return name  # run as given, relative to the cwd, as Popen does
+    found = _EXECUTABLES.get((name, path))
+    if found is None:
+        found = shutil.which(name, path=path)
+        if found is None or not os.path.isabs(found):
+            # Not found, or on a relative PATH entry, which Popen resolves
+            # from the child's cwd: Popen's case.
+            return None
+        if len(_EXECUTABLES) >= _MAX_REMEMBERED_EXECUTABLES:
+            _EXECUTABLES.clear()
+        _EXECUTABLES[(name, path)] = found
+    return found
 
 
 class _Start:
@@ -409,18 +490,29 @@ def _start_off_the_hub(
     return proc, start.pidfd
 
 
+def start_spawn_threads() -> None:
+    """Start the threads that start children, if they are not running yet.
+
+    `run_process` does this on first use; a backend that will run processes
+    calls it up front, so its first child does not also wait for 16 threads
+    to be created while the hub is busy dispatching the job's first sheets.
+    """
+    global _spawn_threads_running
+    if _spawn_threads_running:
+        return
+    with _SPAWNER_LOCK:
+        if not _spawn_threads_running:
+            for index in range(_SPAWN_THREADS):
+                # Daemons: idle ones must not keep the interpreter alive.
+                threading.Thread(
+                    target=_spawn_worker, name=f"ensemble-spawn_{index}", daemon=True
+                ).start()
+            _spawn_threads_running = True
+
+
 def _submit_to_spawner(job: Callable[[], None]) -> None:
     """Run `job` in one of the spawn threads, started on first use."""
-    global _spawn_threads_running
-    if not _spawn_threads_running:
-        with _SPAWNER_LOCK:
-            if not _spawn_threads_running:
-                for index in range(_SPAWN_THREADS):
-                    # Daemons: idle ones must not keep the interpreter alive.
-                    threading.Thread(
-                        target=_spawn_worker, name=f"ensemble-spawn_{index}", daemon=True
-                    ).start()
-                _spawn_threads_running = True
+    start_spawn_threads()
     _SPAWN_JOBS.put(job)
 
 

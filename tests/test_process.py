@@ -23,7 +23,7 @@ import gevent.socket
 import pytest
 from support import in_hub_thread, wait_for_exit
 
-from actors import process
+from actors import posix_spawn, process
 from actors.process import ProcessResult, decode_output, run_process
 
 pytestmark = pytest.mark.skipif(
@@ -34,6 +34,17 @@ T = TypeVar("T")
 
 PY = sys.executable
 RESULT_TIMEOUT = 20.0
+
+
+@pytest.fixture(autouse=True, params=["posix_spawn", "popen"])
+def start_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with both ways of starting a child: libc's posix_spawn
+    (actors.posix_spawn) and Popen, which is used where that is unavailable."""
+    if request.param == "popen":
+        monkeypatch.setattr(posix_spawn, "available", lambda: False)
+    elif not posix_spawn.available():
+        pytest.skip("this libc has no posix_spawn with chdir and closefrom (glibc < 2.34)")
+    return str(request.param)
 
 
 def open_pipes_and_pidfds() -> set[tuple[int, str]]:
@@ -104,6 +115,16 @@ def test_stdout_stderr_and_exit_code() -> None:
     assert not (result.stdout_truncated or result.stderr_truncated)
     assert result.spawn_error is None and result.wait_error is None
     assert result.duration_seconds >= 0
+
+
+def test_the_child_is_started_the_chosen_way(start_path: str) -> None:
+    child = process._popen(["true"], None, None, False)
+    try:
+        assert (child.popen is None) == (start_path == "posix_spawn")
+        assert os.waitpid(child.pid, 0)[1] == 0
+    finally:
+        child.set_exit_code(0)
+        child.close_pipes()
 
 
 @pytest.mark.parametrize("code", [0, 1, 255])

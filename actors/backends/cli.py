@@ -29,9 +29,11 @@ from typing import Any
 
 import gevent
 import gevent.event
+from pykka import ActorRef
 
 from actors.backends.base import BackendSpec, ProfileBackend
-from actors.process import ProcessResult, decode_output, run_process
+from actors.base import ActorContext
+from actors.process import ProcessResult, decode_output, run_process, start_spawn_threads
 from runtime.instrument_output import (
     attempt_cost,
     classify,
@@ -111,6 +113,10 @@ class CliBackend(ProfileBackend):
         self.pass_env = tuple(pass_env)
         self.auto_approve = auto_approve
         self.max_output_bytes = max_output_bytes
+
+    def start_actor(self, context: ActorContext, instrument: str) -> ActorRef[Any]:
+        start_spawn_threads()
+        return super().start_actor(context, instrument)
 
     def run(self, request: ExecutionRequest, cancel: gevent.event.Event) -> ExecutionResult:
         return run_cli_request(self, request, cancel)
