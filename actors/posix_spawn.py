@@ -27,6 +27,7 @@ Popen instead, whose error names the working directory or the executable.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import os
 import signal
@@ -93,12 +94,13 @@ def available() -> bool:
     """Whether this platform's libc can start children here (glibc >= 2.34)."""
     global _libc, _checked
     if not _checked:
-        _checked = True
+        # Two spawn threads may both get here first: each builds an equal _Libc.
         if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
             try:
                 _libc = _Libc()
             except (OSError, AttributeError, ValueError):
                 _libc = None
+        _checked = True
     return _libc is not None
 
 
@@ -115,7 +117,7 @@ def pipe(*, nonblocking_read: bool = False) -> tuple[int, int]:
     libc = _lib().held
     ends = (ctypes.c_int * 2)()
     if libc.pipe2(ends, os.O_CLOEXEC) != 0:
-        raise OSError(ctypes.get_errno() or 24, "cannot create a pipe")
+        raise OSError(ctypes.get_errno() or errno.EMFILE, "cannot create a pipe")
     read_end, write_end = ends[0], ends[1]
     if nonblocking_read and libc.fcntl(read_end, fcntl.F_SETFL, os.O_NONBLOCK) != 0:
         libc.close(read_end)
@@ -149,10 +151,10 @@ def spawn(
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
     attributes = ctypes.create_string_buffer(_OPAQUE_BYTES)
     if libc.posix_spawn_file_actions_init(actions) != 0:
-        raise OSError(12, "posix_spawn_file_actions_init failed")
+        raise OSError(errno.ENOMEM, "posix_spawn_file_actions_init failed")
     try:
         if libc.posix_spawnattr_init(attributes) != 0:
-            raise OSError(12, "posix_spawnattr_init failed")
+            raise OSError(errno.ENOMEM, "posix_spawnattr_init failed")
         try:
             error = 0
             for source, target in ((stdin_fd, 0), (stdout_fd, 1), (stderr_fd, 2)):
