@@ -95,11 +95,12 @@ def available() -> bool:
     global _libc, _checked
     if not _checked:
         # Two spawn threads may both get here first: each builds an equal _Libc.
-        if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
-            try:
+        try:
+            # confstr raises ValueError where the name is unknown (not glibc).
+            if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
                 _libc = _Libc()
-            except (OSError, AttributeError, ValueError):
-                _libc = None
+        except (OSError, AttributeError, ValueError):
+            _libc = None
         _checked = True
     return _libc is not None
 
