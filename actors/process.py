@@ -387,13 +387,14 @@ def _spawn(
         # A source descriptor 0-2 would need dup2 onto itself, which Popen handles.
         return None
     environment = os.environ if env is None else env
-    executable = _executable(argv[0], environment.get("PATH", os.defpath))
+    path = environment.get("PATH", os.defpath)
+    executable = _executable(argv[0], path)
     if executable is None:
         return None
     try:
         return posix_spawn.spawn(executable, argv, environment, cwd, stdin_fd, stdout_fd, stderr_fd)
     except OSError:
-        _EXECUTABLES.pop((argv[0], environment.get("PATH", os.defpath)), None)
+        _EXECUTABLES.pop((argv[0], path), None)
         return None
 
 

@@ -149,7 +149,7 @@ def test_errors_are_still_popens_words(tmp_path: Path) -> None:
     assert bad_cwd.spawn_error == f"working directory not found: {tmp_path / 'gone'}"
 
 
-def test_a_relative_path_entry_is_left_to_popen(tmp_path: Path) -> None:
+def test_a_relative_path_entry_is_left_to_popen() -> None:
     # Popen resolves it from the child's working directory, which a search
     # made here could not do.
     assert process._executable("ensemble-test-tool", "relative/bin") is None
