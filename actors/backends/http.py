@@ -18,6 +18,7 @@ dependency for none of that.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import os
@@ -112,11 +113,14 @@ class _CooperativeConnection(http.client.HTTPConnection):
 def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> _Response:
     parts = urlsplit(url)
     secure = parts.scheme == "https"
+    tls = None
+    if secure:
+        tls = _tls_context(os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
     connection = _CooperativeConnection(
         parts.hostname or "localhost",
         parts.port or (443 if secure else 80),
         timeout=timeout,
-        tls=_tls_context() if secure else None,
+        tls=tls,
     )
     path = parts.path or "/"
     if parts.query:
@@ -130,12 +134,15 @@ def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> 
         connection.close()
 
 
-def _tls_context() -> gevent.ssl.SSLContext:
+@functools.lru_cache(maxsize=4)
+def _tls_context(cert_file: str | None, cert_dir: str | None) -> gevent.ssl.SSLContext:
     """Verifying TLS through gevent's own SSL sockets.
 
     Not ``gevent.ssl.create_default_context()``: without monkey-patching that
     is the standard library's, whose sockets would block the hub. The system's
-    CAs, or those named by SSL_CERT_FILE / SSL_CERT_DIR, are trusted.
+    CAs, or those named by SSL_CERT_FILE / SSL_CERT_DIR (hence the arguments:
+    one context per setting), are trusted. Made once: loading the CAs holds
+    the hub for about 40 ms, which per request would stall every actor.
     """
     context = gevent.ssl.SSLContext(gevent.ssl.PROTOCOL_TLS_CLIENT)
     context.load_default_certs()
