@@ -83,25 +83,39 @@ def test_S2_failure_cascades_to_dependents_end_to_end(
 # --- S22 concurrency ------------------------------------------------------------------------
 
 
+def run_in_rounds(
+    clock: TimerClock, backend: ScriptedBackend, handle: runtime.JobHandle, width: int, sheets: int
+) -> runtime.JobResult:
+    """Let attempts of 1 s on the manual clock end a round at a time. While the
+    clock stands still nothing ends, so each round shows how many may run at once:
+    exactly ``width`` must be running before the clock moves on."""
+    for calls in range(width, sheets + 1, width):
+        assert backend.wait_for_calls(calls, WAIT_SECONDS)
+        clock.wait_for_pending(width)
+        assert backend.running == width
+        clock.advance(1)
+    return handle.wait(WAIT_SECONDS)
+
+
 def test_S22_running_attempts_never_exceed_the_runtime_ceiling(
     rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
-    backend = ScriptedBackend(default=Succeed(delay=0.01))
-    rt = rt_factory({"mock": backend}, max_concurrent_sheets=5)
-    result = rt.submit(make_score(sheets=200, independent=True, max_concurrent=50)).wait(
-        WAIT_SECONDS
-    )
-    assert result.count(S.COMPLETED) == 200
+    clock = TimerClock()
+    backend = ScriptedBackend(default=Succeed(delay=1))
+    rt = rt_factory({"mock": backend}, max_concurrent_sheets=5, clock=clock)
+    handle = rt.submit(make_score(sheets=20, independent=True, max_concurrent=50))
+    result = run_in_rounds(clock, backend, handle, width=5, sheets=20)
+    assert result.count(S.COMPLETED) == 20
     assert backend.max_running == 5
 
 
 def test_S22_instrument_limit(rt_factory: RuntimeFactory, make_score: ScoreFactory) -> None:
-    backend = ScriptedBackend(default=Succeed(delay=0.01), max_concurrent=2)
-    rt = rt_factory({"mock": backend}, max_concurrent_sheets=10)
-    result = rt.submit(make_score(sheets=30, independent=True, max_concurrent=10)).wait(
-        WAIT_SECONDS
-    )
-    assert result.count(S.COMPLETED) == 30
+    clock = TimerClock()
+    backend = ScriptedBackend(default=Succeed(delay=1), max_concurrent=2)
+    rt = rt_factory({"mock": backend}, max_concurrent_sheets=10, clock=clock)
+    handle = rt.submit(make_score(sheets=6, independent=True, max_concurrent=10))
+    result = run_in_rounds(clock, backend, handle, width=2, sheets=6)
+    assert result.count(S.COMPLETED) == 6
     assert backend.max_running == 2
 
 
@@ -109,10 +123,12 @@ def test_S22_instrument_limit(rt_factory: RuntimeFactory, make_score: ScoreFacto
 def test_S22_job_parallel_limit(
     rt_factory: RuntimeFactory, make_score: ScoreFactory, parallel: int | None, expected: int
 ) -> None:
-    backend = ScriptedBackend(default=Succeed(delay=0.01))
-    rt = rt_factory({"mock": backend}, max_concurrent_sheets=10)
-    score = make_score(sheets=12, independent=True, max_concurrent=parallel)
-    assert rt.submit(score).wait(WAIT_SECONDS).status is J.COMPLETED
+    clock = TimerClock()
+    backend = ScriptedBackend(default=Succeed(delay=1))
+    rt = rt_factory({"mock": backend}, max_concurrent_sheets=10, clock=clock)
+    handle = rt.submit(make_score(sheets=6, independent=True, max_concurrent=parallel))
+    result = run_in_rounds(clock, backend, handle, width=expected, sheets=6)
+    assert result.status is J.COMPLETED
     assert backend.max_running == expected
 
 
