@@ -5,6 +5,7 @@ The helpers they build on live in ``support.py``.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ import runtime
 from runtime.testing import ScriptedBackend
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(autouse=True)
+def collector_as_found() -> Iterator[None]:
+    """Undo ``tune_for_long_runs``, which ``ensemble`` commands run in this
+    process call: later tests must see CPython's collector, not a frozen one."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture
