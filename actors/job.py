@@ -397,7 +397,6 @@ class JobActor(EnsembleActor):
                 sheet_num=sheet_num,
                 plan=self.state.plan,
                 template=self._template,
-                pool=self._pool,
             )
             self._sheets[sheet_num] = ref
             self._sheet_by_urn[ref.actor_urn] = sheet_num

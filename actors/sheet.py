@@ -174,7 +174,6 @@ class SheetActor(EnsembleActor):
         sheet_num: int,
         plan: Plan,
         template: PromptTemplate,
-        pool: ActorRef[Any],
     ) -> None:
         super().__init__(context, parent=job, key=sheet_num)
         self._job = job
@@ -183,7 +182,6 @@ class SheetActor(EnsembleActor):
         self._current = self._sheet  # the sheet as the attempt in flight plays it
         self._plan = plan
         self._template = template
-        self._pool = pool
         self._attempt = 0
         self._lease: Lease | None = None
         self._request_id: str | None = None

@@ -48,10 +48,6 @@ class CircuitBreaker:
             return cls(instrument, BreakerState.OPEN, open_until=until)
         return cls(instrument, consecutive_failures=int(record.get("consecutive_failures", 0)))
 
-    @property
-    def trial_running(self) -> bool:
-        return self.trial_lease is not None
-
     def allows(self, now: float) -> bool:
         """May a lease be granted now? An open breaker past its timeout turns half-open."""
         if self.state is BreakerState.OPEN and now >= self.open_until:

@@ -22,7 +22,6 @@ from runtime.score import (
     CostLimitConfig,
     CrossSheetConfig,
     InjectionItem,
-    ParallelConfig,
     RateLimitConfig,
     RetryConfig,
     Score,
@@ -89,7 +88,6 @@ class Plan:
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
     circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     cost_limits: CostLimitConfig = field(default_factory=CostLimitConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     pause_between_sheets_seconds: float = 2.0
     cross_sheet: CrossSheetConfig | None = None
     validations: tuple[ValidationRule, ...] = ()
@@ -177,7 +175,7 @@ def build_plan(
         name=score.name,
         sheets=tuple(sheets),
         dependencies=dependencies,
-        dependents=reverse_dependencies(dependencies, count),
+        dependents=reverse_dependencies(dependencies),
         max_parallel=score.parallel.max_concurrent if score.parallel.enabled else 1,
         workspace=score.workspace,
         score_dir=score.base_dir,
@@ -189,7 +187,6 @@ def build_plan(
         rate_limit=score.rate_limit,
         circuit_breaker=score.circuit_breaker,
         cost_limits=score.cost_limits,
-        parallel=score.parallel,
         pause_between_sheets_seconds=score.pause_between_sheets_seconds,
         cross_sheet=score.cross_sheet,
         validations=tuple(score.validations),
@@ -292,9 +289,7 @@ def _expand_dependencies(
     return {sheet: tuple(sorted(deps)) for sheet, deps in sorted(expanded.items())}
 
 
-def reverse_dependencies(
-    dependencies: Mapping[int, Sequence[int]], count: int
-) -> dict[int, tuple[int, ...]]:
+def reverse_dependencies(dependencies: Mapping[int, Sequence[int]]) -> dict[int, tuple[int, ...]]:
     dependents: dict[int, list[int]] = {}
     for sheet, deps in dependencies.items():
         for dep in deps:

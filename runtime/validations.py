@@ -101,10 +101,6 @@ class ValidationReport:
         return 100.0 * self.passed / self.total
 
     @property
-    def passed_descriptions(self) -> list[str]:
-        return [outcome.description for outcome in self.outcomes if outcome.passed]
-
-    @property
     def failed_descriptions(self) -> list[str]:
         return [outcome.description for outcome in self.outcomes if not outcome.passed]
 

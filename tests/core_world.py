@@ -101,7 +101,7 @@ def make_plan(
         name=name,
         sheets=sheets,
         dependencies=deps,
-        dependents=reverse_dependencies(deps, count),
+        dependents=reverse_dependencies(deps),
         max_parallel=max_parallel,
         instruments=frozenset(sheet.instrument for sheet in sheets),
     )
@@ -151,7 +151,6 @@ class World:
     budget_attempts: Counter[tuple[str, int]] = field(default_factory=Counter)
     rate_limits_in_a_row: Counter[tuple[str, int]] = field(default_factory=Counter)
     dispatches: Counter[tuple[str, int]] = field(default_factory=Counter)
-    fermata_retries: Counter[tuple[str, int]] = field(default_factory=Counter)
     policies: dict[str, BreakerPolicy] = field(default_factory=dict)
 
     def start(self) -> None:
@@ -355,7 +354,6 @@ class World:
         assert machine.resolve_fermata(self.jobs[job_id], num, decision, self.now, fx)
         if decision == "retry":
             self.budget_attempts[(job_id, num)] = 0
-            self.fermata_retries[(job_id, num)] += 1
         self.apply(job_id, fx)
         return True
 

@@ -22,7 +22,7 @@ import gevent
 import pytest
 
 import runtime
-from runtime.clock import ManualClock, TimerHandle
+from runtime.clock import ManualClock
 from runtime.events import Event
 from runtime.score import Score
 
@@ -155,29 +155,16 @@ class EventLog:
 
 
 class TimerClock(ManualClock):
-    """A ManualClock that lets a test wait until timers have been armed.
+    """A ManualClock whose wait for armed timers fails the test on timeout.
 
     Backends and jobs arm their timers on the hub after a request was recorded
     or an event published; advancing before that would skip them.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._armed = threading.Condition()
-        self.armed = 0
-
-    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandle:
-        handle = super().call_later(delay, callback)
-        with self._armed:
-            self.armed += 1
-            self._armed.notify_all()
-        return handle
-
     def wait_for_pending(self, count: int, timeout: float = WAIT_SECONDS) -> None:
         """Block until at least ``count`` uncancelled timers are waiting."""
-        with self._armed:
-            if not self._armed.wait_for(lambda: self.pending_timers() >= count, timeout):
-                pytest.fail(f"only {self.pending_timers()} timer(s) armed, expected {count}")
+        if not self.wait_for_timers(count, timeout):
+            pytest.fail(f"only {self.pending_timers()} timer(s) armed, expected {count}")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = WAIT_SECONDS) -> None:

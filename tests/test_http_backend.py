@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import gevent
 import gevent.event
@@ -28,8 +28,6 @@ from runtime.instruments import InstrumentProfile, profile_from_mapping
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult
 from runtime.outcomes import OutcomeKind as K
-
-T = TypeVar("T")
 
 
 class FakeChatServer:
@@ -298,7 +296,7 @@ def test_an_http_spec_refuses_a_cli_profile() -> None:
 
 
 def test_S24_a_job_on_an_http_instrument(
-    server: FakeChatServer, rt_factory: RuntimeFactory, make_score: ScoreFactory, tmp_path: Path
+    server: FakeChatServer, rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     rt = rt_factory({"local": HttpBackend(http_profile(server.url))})
     score = make_score(

@@ -44,7 +44,7 @@ def test_list_shows_every_instrument_its_tool_and_source(tmp_path: Path) -> None
     assert "endpoint" in lines["ollama"]
 
 
-def test_list_as_json(tmp_path: Path) -> None:
+def test_list_as_json() -> None:
     code, out, _ = run(["list", "--json"], [BUILTIN_PROFILE_DIR], {"PATH": ""})
 
     rows = {row["name"]: row for row in json.loads(out)}
@@ -71,7 +71,7 @@ def test_check_a_ready_tool_names_its_variables_without_values(tmp_path: Path) -
     assert out.rstrip().endswith("ready")
 
 
-def test_check_a_missing_tool_is_not_ready(tmp_path: Path) -> None:
+def test_check_a_missing_tool_is_not_ready() -> None:
     code, out, _ = run(["check", "codex-cli", "--json"], [BUILTIN_PROFILE_DIR], {"PATH": ""})
 
     report = json.loads(out)
@@ -102,7 +102,7 @@ def test_check_an_http_instrument_that_does_not_answer(tmp_path: Path) -> None:
     assert f"endpoint: http://127.0.0.1:{port}/v1/chat/completions" in offline_out
 
 
-def test_unknown_instrument_and_bad_usage(tmp_path: Path) -> None:
+def test_unknown_instrument_and_bad_usage() -> None:
     code, _, err = run(["check", "nope"], [BUILTIN_PROFILE_DIR], {})
     usage_code, _, _ = run(["frobnicate"], [BUILTIN_PROFILE_DIR], {})
 

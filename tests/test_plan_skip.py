@@ -42,7 +42,7 @@ def test_S5_skip_when_over_the_sheet_variables(tmp_path: Path) -> None:
     assert verdicts[2].reason == "skip_when: instance == 2 or mode == 'fast'"
 
 
-def test_S5_a_skip_when_that_cannot_be_evaluated_runs_the_sheet(tmp_path: Path) -> None:
+def test_S5_a_skip_when_that_cannot_be_evaluated_runs_the_sheet() -> None:
     verdict = skip_when_verdict("missing == 1", {"stage": 1})
     assert not verdict.skip
     assert "unknown variable 'missing'" in verdict.reason

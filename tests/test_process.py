@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 from pathlib import Path
-from typing import TypeVar
 
 import gevent
 import gevent.event
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="uses /proc and pidfds to check process groups"
 )
 
-T = TypeVar("T")
 
 PY = sys.executable
 RESULT_TIMEOUT = 20.0

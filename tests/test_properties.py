@@ -65,7 +65,7 @@ def plans(draw: st.DrawFn, job: int) -> Plan:
         name=f"job{job}",
         sheets=tuple(sheets),
         dependencies=dependencies,
-        dependents=reverse_dependencies(dependencies, count),
+        dependents=reverse_dependencies(dependencies),
         max_parallel=draw(st.integers(1, 3)),
         instruments=frozenset(sheet.instrument for sheet in sheets),
     )

@@ -410,7 +410,7 @@ def test_submit_unknown_instrument(rt_factory: RuntimeFactory, make_score: Score
 
 
 def test_job_ids_explicit_duplicate_and_same_name(
-    rt_factory: RuntimeFactory, make_score: ScoreFactory, tmp_path: Path
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     rt = rt_factory()
     fixed = rt.submit(make_score(name="alpha"), job_id="fixed")

@@ -537,6 +537,6 @@ def test_loaded_score_survives_a_json_round_trip(tmp_path: Path) -> None:
     assert isinstance(again, Score)
 
 
-def test_load_score_errors_are_config_errors(tmp_path: Path) -> None:
+def test_load_score_errors_are_config_errors() -> None:
     with pytest.raises(ConfigError):
         load_score({"name": "x"})

@@ -13,7 +13,6 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -292,7 +291,7 @@ def test_S14_sheet_actor_that_always_crashes_fails_its_sheet_and_the_job_ends(
 
 def test_stop_after_a_give_up_leaves_no_actor_and_files_closed(
     rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+
 ) -> None:  # fmt: skip
     crash_when(monkeypatch, "on_attempt_finished", lambda *_: True)
     rt = rt_factory({"mock": ScriptedBackend()})

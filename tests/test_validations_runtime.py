@@ -29,7 +29,7 @@ VALIDATIONS: list[dict[str, Any]] = [
 
 
 def test_S6_validations_pass_and_the_prompt_lists_them(
-    rt_factory: RuntimeFactory, make_score: ScoreFactory, tmp_path: Path
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     backend = ScriptedBackend(default=Succeed(files={"out-{sheet_num}.md": "done\n"}))
     rt = rt_factory({"mock": backend})
@@ -44,7 +44,7 @@ def test_S6_validations_pass_and_the_prompt_lists_them(
 
 
 def test_S6_S11_failed_validations_retry_with_a_retry_preamble(
-    rt_factory: RuntimeFactory, make_score: ScoreFactory, tmp_path: Path
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     backend = ScriptedBackend(
         {1: [Succeed(files={"out-{sheet_num}.md": "not yet"}), Succeed(files={"out-1.md": "done"})]}
@@ -61,7 +61,7 @@ def test_S6_S11_failed_validations_retry_with_a_retry_preamble(
 
 
 def test_S8_a_partial_pass_continues_with_the_completion_note(
-    rt_factory: RuntimeFactory, make_score: ScoreFactory, tmp_path: Path
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     backend = ScriptedBackend(
         {1: [Succeed(files={"out-1.md": "half"}), Succeed(files={"out-1.md": "done"})]}
