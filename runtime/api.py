@@ -397,10 +397,9 @@ class Runtime:
 
     def _check_instruments(self, plan: Plan) -> None:
         """Every instrument a plan's sheets may run on has a backend here."""
-        needed = set(plan.instruments)
-        for sheet in plan.sheets:
-            needed.update(sheet.fallbacks)
-        missing = sorted(needed - self._backend_specs.keys())
+        missing = sorted(
+            (plan.instruments | plan.fallback_instruments) - self._backend_specs.keys()
+        )
         if missing:
             known = ", ".join(sorted(self._backend_specs)) or "none"
             raise UnknownInstrumentError(
