@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import glob
 import os
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
+from runtime.redaction import redact
 from runtime.score import CrossSheetConfig
 
 SKIPPED_MARKER = "[SKIPPED]"
-REDACTED = "[REDACTED]"
 # A capture glob such as "**/*" in a large workspace must not read everything.
 MAX_CAPTURED_FILES = 50
 
@@ -52,36 +51,6 @@ def truncate(text: str, max_chars: int, *, keep: str = "head") -> str:
     return text[:max_chars] + f"\n[... {cut} more characters cut]"
 
 
-# Shapes of credentials that commonly end up in agent output or workspace files.
-_SECRET_PATTERNS = (
-    re.compile(
-        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S
-    ),
-    re.compile(r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}\b"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}\b"),
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"),
-    re.compile(r"\bAIza[0-9A-Za-z_\-]{30,}"),
-    re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
-)
-# `API_KEY=...`, `"password": "..."`, `Authorization: Bearer ...`: keep the name, hide the value.
-_SECRET_ASSIGNMENT = re.compile(
-    r"""(?ix)
-    (?P<name>\b[\w.-]*(?:api[_-]?key|secret|token|passw(?:or)?d|credential|auth(?:orization)?)[\w.-]*
-      ["']?\s*[:=]\s*(?:bearer\s+|basic\s+)?["']?)
-    (?P<value>[^\s"',;]{6,})
-    """
-)
-
-
-def redact_credentials(text: str) -> str:
-    """Replace things that look like credentials with ``[REDACTED]``."""
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    return _SECRET_ASSIGNMENT.sub(lambda m: m.group("name") + REDACTED, text)
-
-
 def previous_outputs(
     sheet_num: int,
     cross_sheet: CrossSheetConfig | None,
@@ -101,9 +70,7 @@ def previous_outputs(
         if prior.skipped:
             result[num] = SKIPPED_MARKER
         else:
-            result[num] = truncate(
-                redact_credentials(prior.text), cross_sheet.max_output_chars, keep="tail"
-            )
+            result[num] = truncate(redact(prior.text), cross_sheet.max_output_chars, keep="tail")
     return result
 
 
@@ -146,7 +113,7 @@ def capture_files(
             if content is None:
                 continue
             text, more = content
-            text = redact_credentials(text)
+            text = redact(text)
             if more:
                 found[match] = text[:max_chars] + "\n[... more characters cut]"
             else:

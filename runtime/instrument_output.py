@@ -5,9 +5,9 @@ counts and reported cost from its output (``parse_output``), the cost from
 tokens and the model's prices (``token_cost``), classifying a finished run into
 an ``OutcomeKind`` from exit code and the profile's patterns (``classify``),
 the wait a rate-limit message asks for (``parse_wait_seconds``), reading an
-HTTP chat-completions answer (``interpret_chat_response``), and redacting
-credentials from anything kept (``redact``). It runs nothing and keeps no
-state; what to do about an outcome is ``runtime.machine``'s decision.
+HTTP chat-completions answer (``interpret_chat_response``), and the output
+tails kept of it, redacted (``output_tail``, with ``runtime.redaction``). It runs
+nothing and keeps no state; what to do about an outcome is ``runtime.machine``'s decision.
 
 Where patterns are searched (documented choices):
 
@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from runtime.instruments import CliErrors, CliOutput, InstrumentProfile, compile_patterns
 from runtime.outcomes import OutcomeKind
+from runtime.redaction import redact
 
 # A wait longer than this is not believed (a parsing accident, or a quota that
 # resets next month); the block is capped and the sheet tries again then.
@@ -644,42 +645,7 @@ def interpret_chat_response(
     return ChatOutcome(Verdict(OutcomeKind.FAILURE, f"HTTP {status}: {detail}"))
 
 
-# --- redaction ---------------------------------------------------------------------------
-
-_REDACTED = "[REDACTED]"
-_SECRET_PATTERNS = re.compile(
-    "|".join(
-        (
-            r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}",  # Anthropic, OpenAI
-            r"\bAIza[0-9A-Za-z_\-]{30,}",  # Google API keys
-            r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids
-            r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
-            r"\bgithub_pat_[A-Za-z0-9_]{30,}",
-            r"\bxox[abposr]-[A-Za-z0-9\-]{10,}",  # Slack tokens
-            r"\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}",  # JWTs
-        )
-    )
-)
-# `API_KEY=x`, `"password": "x"`, `Authorization: Bearer x`, `Bearer x`: keep the
-# name, hide the value. Only after `:` or `=` (prose such as "secretary
-# documentation" stays), and a value needs a letter (token counts stay).
-_SECRET_VALUE = r"(?=[A-Za-z0-9_\-./+=]*[A-Za-z])[A-Za-z0-9_\-./+=]{8,}"
-_SECRET_ASSIGNMENTS = re.compile(
-    r"(?P<name>(?:\b(?:[A-Za-z0-9_]*(?:api[_-]?key|token|secret|password|passwd)[A-Za-z0-9_]*"
-    r"|authorization)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?|\bbearer\s+))"
-    rf"(?P<value>{_SECRET_VALUE})",
-    re.IGNORECASE,
-)
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with credentials replaced by ``[REDACTED]``: the given secret
-    values, well-known key formats and values assigned to key-like names."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, _REDACTED)
-    text = _SECRET_PATTERNS.sub(_REDACTED, text)
-    return _SECRET_ASSIGNMENTS.sub(lambda match: match.group("name") + _REDACTED, text)
+# --- output tails ---------------------------------------------------------------------
 
 
 def output_tail(text: str, max_chars: int, secrets: Iterable[str] = ()) -> str:
@@ -708,7 +674,6 @@ __all__ = [
     "output_tail",
     "parse_output",
     "parse_wait_seconds",
-    "redact",
     "retry_after_seconds",
     "token_cost",
 ]

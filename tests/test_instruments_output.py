@@ -22,12 +22,12 @@ from runtime.instrument_output import (
     output_tail,
     parse_output,
     parse_wait_seconds,
-    redact,
     retry_after_seconds,
     token_cost,
 )
 from runtime.instruments import CliErrors, CliOutput, builtin_profiles, profile_from_mapping
 from runtime.outcomes import OutcomeKind as K
+from runtime.redaction import redact
 
 NOW = datetime(2025, 6, 10, 12, 0, 0, tzinfo=UTC)
 BUILTINS = builtin_profiles()

@@ -9,17 +9,16 @@ from pathlib import Path
 
 from actors.sheet import prepare_attempt
 from runtime.context import (
-    REDACTED,
     SKIPPED_MARKER,
     PriorOutput,
     capture_files,
     lookback_window,
     previous_outputs,
-    redact_credentials,
     truncate,
 )
 from runtime.plan import build_plan
 from runtime.prompts import PromptTemplate
+from runtime.redaction import REDACTED, redact
 from runtime.score import CrossSheetConfig, score_from_mapping
 
 
@@ -74,7 +73,7 @@ def test_credentials_are_redacted() -> None:
             "nothing secret in this line: 12345",
         ]
     )
-    redacted = redact_credentials(text)
+    redacted = redact(text)
     for secret in ("sk-ant", "AKIAABCD", "ghp_abc", "hunter2", "abcdef123456", "MIIE"):
         assert secret not in redacted
     assert "ANTHROPIC_API_KEY=" in redacted and '"password": "' in redacted

@@ -39,7 +39,6 @@ from runtime.instrument_output import (
     classify,
     output_tail,
     parse_output,
-    redact,
 )
 from runtime.instruments import (
     BASE_ENVIRONMENT,
@@ -53,6 +52,7 @@ from runtime.instruments import (
 )
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult, OutcomeKind
+from runtime.redaction import redact
 
 __all__ = ["BASE_ENVIRONMENT", "CliBackend", "default_backends"]
 

@@ -41,11 +41,11 @@ from runtime.instrument_output import (
     chat_request_body,
     interpret_chat_response,
     output_tail,
-    redact,
 )
 from runtime.instruments import InstrumentProfile, secret_values
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult, OutcomeKind
+from runtime.redaction import redact
 
 __all__ = ["HttpBackend", "run_http_request"]
 
