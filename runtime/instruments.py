@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runtime.errors import ProfileError
+from runtime.score_extras import check_regex
 
 BUILTIN_PROFILE_DIR = Path(__file__).resolve().parent / "profiles"
 USER_PROFILE_DIR = Path("~/.ensemble/instruments")
@@ -153,10 +154,7 @@ class CliErrors(_Model):
     @classmethod
     def _patterns_compile(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
         for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+            check_regex(pattern)
         return patterns
 
 

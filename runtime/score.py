@@ -52,19 +52,12 @@ from runtime.score_extras import (
     StaleDetectionConfig,
     TechniqueConfig,
     WorkspaceLifecycleConfig,
+    check_regex,
 )
 
 # A sheet number, stage number or movement number: YAML keys like ``3:``.
 Positive = Annotated[int, Field(ge=1)]
 InjectionCategory = Literal["context", "skill", "tool"]
-
-
-def _regex(pattern: str, what: str) -> str:
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"{what} is not a valid regular expression: {exc}") from None
-    return pattern
 
 
 # --- sheet ---------------------------------------------------------------------------------
@@ -226,7 +219,7 @@ class ValidationRule(Section):
         if self.type in ("content_contains", "content_regex") and self.pattern is None:
             raise ValueError(f"a {self.type} validation needs 'pattern'")
         if self.type == "content_regex" and self.pattern is not None:
-            _regex(self.pattern, "pattern")
+            check_regex(self.pattern)
         return self
 
     @property
@@ -285,7 +278,7 @@ class RateLimitConfig(Section):
     @classmethod
     def _patterns_compile(cls, patterns: list[str]) -> list[str]:
         for index, pattern in enumerate(patterns):
-            _regex(pattern, f"detection_patterns[{index}]")
+            check_regex(pattern, f"detection_patterns[{index}]")
         return patterns
 
 

@@ -25,11 +25,14 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-def _check_regex(pattern: str) -> str:
+def check_regex(pattern: str, where: str | None = None) -> str:
+    """``pattern`` if it compiles, else a ValueError quoting it (and ``where``,
+    e.g. a list index, when the field's key path alone does not say)."""
     try:
         re.compile(pattern)
     except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from None
+        place = f" in {where}" if where else ""
+        raise ValueError(f"invalid regular expression {pattern!r}{place}: {exc}") from None
     return pattern
 
 
@@ -211,7 +214,7 @@ class FeedbackConfig(Section):
     @field_validator("pattern")
     @classmethod
     def _pattern_is_regex(cls, pattern: str) -> str:
-        return _check_regex(pattern)
+        return check_regex(pattern)
 
 
 class LogConfig(Section):
