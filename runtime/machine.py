@@ -35,6 +35,7 @@ from runtime.plan import Plan
 from runtime.policy import Policy, policy_from_plan
 from runtime.prompts import sheet_variables
 from runtime.state import (
+    CHECKPOINTED_FIELDS,
     FINAL_JOB_STATUSES,
     JobProgress,
     JobResult,
@@ -1012,7 +1013,7 @@ def recover(
         saved = saved_by_num.get(sheet.num)
         if saved is None:
             continue
-        for name in _CHECKPOINTED_COUNTERS:
+        for name in CHECKPOINTED_FIELDS:
             setattr(sheet, name, getattr(saved, name))
         if saved.is_terminal or saved.status is SheetStatus.FERMATA:
             _set_status(state, sheet, saved.status, fx)
@@ -1079,21 +1080,3 @@ def recover(
     _update_pause(state, now, fx)
     _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)
-
-
-_CHECKPOINTED_COUNTERS = (
-    "attempts",
-    "retries_used",
-    "completion_attempts",
-    "completion_pending",
-    "instrument_index",
-    "healing_used",
-    "rate_limit_waits",
-    "cost",
-    "last_error",
-    "error_kind",
-    "skip_reason",
-    "output_tail",
-    "retry_at",
-    "validations",
-)

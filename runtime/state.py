@@ -55,6 +55,27 @@ class SkipReason(StrEnum):
     CASCADE = "cascade"
 
 
+# What a sheet's record carries besides its number and status: everything a
+# restart restores exactly (S29). to_record, from_record and machine.recover
+# go by this list; a test keeps the record's keys equal to it.
+CHECKPOINTED_FIELDS = (
+    "attempts",
+    "retries_used",
+    "completion_attempts",
+    "completion_pending",
+    "instrument_index",
+    "healing_used",
+    "rate_limit_waits",
+    "cost",
+    "last_error",
+    "error_kind",
+    "skip_reason",
+    "output_tail",
+    "retry_at",
+    "validations",
+)
+
+
 @dataclass(slots=True)
 class SheetState:
     """One sheet's progress. Fields up to ``validations`` are checkpointed.
@@ -99,7 +120,8 @@ class SheetState:
         return self.status is SheetStatus.SKIPPED and self.skip_reason is not SkipReason.CASCADE
 
     def to_record(self) -> dict[str, Any]:
-        """The checkpointed fields, as stored in the journal and the snapshot."""
+        """``num``, ``status`` and ``CHECKPOINTED_FIELDS``, as stored in the
+        journal and the snapshot."""
         return {
             "num": self.num,
             "status": self.status.value,

@@ -23,7 +23,7 @@ from runtime.outcomes import AttemptResult, OutcomeKind
 from runtime.plan import build_plan
 from runtime.policy import policy_from_plan
 from runtime.score import score_from_mapping
-from runtime.state import JobState, JobStatus, SheetState, SkipReason
+from runtime.state import CHECKPOINTED_FIELDS, JobState, JobStatus, SheetState, SkipReason
 from runtime.state import SheetStatus as S
 
 NOW = 50_000.0
@@ -76,6 +76,14 @@ def counters(sheet: SheetState) -> dict[str, Any]:
     record = sheet.to_record()
     del record["status"]
     return record
+
+
+def test_S29_a_record_carries_exactly_the_fields_recovery_restores() -> None:
+    # A field added to SheetState.to_record but not to CHECKPOINTED_FIELDS
+    # (or the other way round) would be written and silently not restored.
+    record = SheetState(num=1).to_record()
+    assert set(record) == {"num", "status", *CHECKPOINTED_FIELDS}
+    assert set(SheetState.from_record(record).to_record()) == set(record)
 
 
 # --- terminal sheets --------------------------------------------------------------------
