@@ -795,14 +795,16 @@ def _make_ready(state: JobState, sheet: SheetState, fx: Effects) -> None:
     state.ready_queue.append(sheet.num)
 
 
+def _held(state: JobState) -> bool:
+    """Something pauses the job: the user (S25), its cost (S24), an open
+    fermata (S16) or a storage error."""
+    return bool(
+        state.paused_by_user or state.paused_for_cost or state.open_fermatas or state.storage_error
+    )
+
+
 def _dispatch_blocked(state: JobState, now: float) -> bool:
-    if (
-        state.paused_by_user
-        or state.paused_for_cost
-        or state.open_fermatas
-        or state.storage_error
-        or state.cancelling
-    ):
+    if _held(state) or state.cancelling:
         return True
     return state.paced_until is not None and now < state.paced_until
 
@@ -811,12 +813,7 @@ def _update_pause(state: JobState, now: float, fx: Effects) -> None:
     """Keep the job's status in step with its pause reasons (S16, S24, S25)."""
     if state.status in FINAL_JOB_STATUSES or state.cancelling:
         return
-    paused = bool(
-        state.paused_by_user
-        or state.paused_for_cost
-        or state.open_fermatas > 0
-        or state.storage_error
-    )
+    paused = _held(state)
     if paused and state.status is JobStatus.RUNNING:
         state.status = JobStatus.PAUSED
         fx.job_dirty = True
