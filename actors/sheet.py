@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,7 +109,8 @@ def prepare_attempt(
 
 def _prepare_reads_files(plan: Plan, sheet: SheetPlan) -> bool:
     """Whether preparing an attempt touches the disk (injected files, captured
-    files, mtimes for file_modified), and so must run in a task greenlet."""
+    files, mtimes for file_modified), and so must run in the hub's thread pool
+    (a task greenlet alone would still block the hub on the reads)."""
     cross = plan.cross_sheet
     return bool(
         plan.prelude
@@ -238,15 +239,15 @@ class SheetActor(EnsembleActor):
                 passed=tuple(name for name, passed in message.validations if passed),
                 failed=tuple(name for name, passed in message.validations if not passed),
             )
-        prior = message.prior_outputs
+        prepare = self._preparation(
+            message.attempt, message.retry_number, message.prior_outputs, completion
+        )
         if _prepare_reads_files(self._plan, self._current):
-            self._task = self.spawn_task(
-                self._prepare, message.attempt, message.retry_number, prior, completion
-            )
+            self._task = self.spawn_task(gevent.get_hub().threadpool.apply, prepare)
             return
         # Nothing to read from disk: prepare in the handler, no task greenlet.
         try:
-            prepared = self._prepare(message.attempt, message.retry_number, prior, completion)
+            prepared = prepare()
         except Exception as exc:  # reported as a failed attempt, as in a task
             self._prepared_done(TaskDone(0, None, exc))
             return
@@ -264,14 +265,17 @@ class SheetActor(EnsembleActor):
             raw_prompt=lease.instrument in self._plan.raw_prompt_instruments,
         )
 
-    def _prepare(
+    def _preparation(
         self,
         attempt: int,
         retry_number: int,
         prior: Mapping[int, PriorOutput],
         completion: CompletionNote | None,
-    ) -> PreparedAttempt:
-        return prepare_attempt(
+    ) -> Callable[[], PreparedAttempt]:
+        """The attempt's preparation, bound to this attempt's values now (on the
+        hub), so that it may run in a pool thread without reading the actor."""
+        return functools.partial(
+            prepare_attempt,
             self._plan,
             self._current,
             self._template,
