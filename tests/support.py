@@ -215,3 +215,34 @@ def wait_for_exit(pid: int, timeout: float, what: str) -> None:
         assert poller.poll(timeout * 1000), f"{what} is still alive"
     finally:
         os.close(pidfd)
+
+
+def live_members(pgid: int) -> list[int]:
+    """Pids in process group `pgid` that are not zombies."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # Exited while we were listing.
+        # The command name may contain spaces; the fields after it are fixed:
+        # state, ppid, pgrp, ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+def assert_group_gone(pgid: int, timeout: float = 5.0) -> None:
+    """Every member of the group exits within `timeout`.
+
+    Not `os.killpg(pgid, 0)` alone: orphaned members killed by SIGKILL stay
+    zombies until PID 1 reaps them, which can take over a second in some
+    containers, and signalling a zombie succeeds. A zombie is not alive, so we
+    wait (on a pidfd) for each live member to exit instead.
+    """
+    for member in live_members(pgid):
+        wait_for_exit(member, timeout, f"process {member} of group {pgid}")
+    assert live_members(pgid) == []

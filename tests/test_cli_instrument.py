@@ -9,7 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, wait_until
+from support import (
+    WAIT_SECONDS,
+    RuntimeFactory,
+    ScoreFactory,
+    assert_group_gone,
+    live_members,
+    wait_until,
+)
 
 import runtime
 
@@ -19,24 +26,6 @@ pytestmark = pytest.mark.skipif(
 
 S = runtime.SheetStatus
 J = runtime.JobStatus
-
-
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of processes in group ``pgid`` that are still running (zombies excluded)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited meanwhile
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ')'.
-        fields = stat.rsplit(")", 1)[1].split()
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            members.append(int(entry.name))
-    return members
 
 
 def read_pid(path: Path) -> int:
@@ -114,14 +103,14 @@ def test_S26_cancelled_job_leaves_no_process_behind(
     score = make_score(instrument="cli", sheets=1, template="echo $$ > pid.txt; sleep 300 & wait")
     handle = rt.submit(score)
     pid = read_pid(tmp_path / "workspace" / "pid.txt")
-    assert live_group_members(pid), "the command should be running"
+    assert live_members(pid), "the command should be running"
     assert handle.cancel() is True
     result = handle.wait(WAIT_SECONDS)
     assert result.status is J.CANCELLED
     assert result.sheets[1].status is S.CANCELLED
-    # The group was killed before the result came back; allow the kernel a moment
-    # to finish tearing the processes down.
-    wait_until(lambda: not live_group_members(pid), timeout=5)
+    # The group was killed before the result came back; the kernel may still be
+    # finishing the exits, which assert_group_gone waits for on pidfds.
+    assert_group_gone(pid)
 
 
 def test_S13_timeout_kills_the_group_and_fails_classified_timeout(
@@ -142,4 +131,4 @@ def test_S13_timeout_kills_the_group_and_fails_classified_timeout(
     assert sheet.error_kind == "timeout"
     assert sheet.attempts == 1
     pid = int((tmp_path / "workspace" / "pid.txt").read_text())
-    wait_until(lambda: not live_group_members(pid), timeout=5)
+    assert_group_gone(pid)

@@ -11,7 +11,7 @@ from typing import Any
 
 import gevent.event
 import pytest
-from support import wait_until
+from support import wait_for_exit
 
 from actors.sheet import _command_runner
 from runtime.score import ValidationRule
@@ -228,16 +228,8 @@ def test_command_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     report = check(rules, tmp_path, run_command=real_runner())
     assert report.outcomes[0].detail == "command timed out after 0.5 s"
     child = int(pid_file.read_text())
-    stat = Path(f"/proc/{child}/stat")
-
-    def gone() -> bool:
-        # SIGKILL was sent; the kernel may take a moment to finish the exit.
-        try:
-            return stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"
-        except FileNotFoundError:
-            return True
-
-    wait_until(gone, timeout=5)
+    # SIGKILL was sent; the kernel may take a moment to finish the exit.
+    wait_for_exit(child, 5, "the timed-out validation command")
 
 
 def test_descriptions_are_substituted_and_derived_when_absent(tmp_path: Path) -> None:
