@@ -428,12 +428,18 @@ def build_environment(
     return environment
 
 
+# `required_env` also passes settings (ANTHROPIC_MODEL, CLOUD_ML_REGION): only
+# the names that say they hold a credential have their values redacted, or a
+# model name or region would become [REDACTED] in every message.
+_CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+
 def secret_values(profile: InstrumentProfile, host_environment: Mapping[str, str]) -> list[str]:
     """Values of the credential variables, to be redacted from any output kept."""
     return [
         host_environment[name]
         for name in profile.required_env
-        if len(host_environment.get(name, "")) >= 8
+        if _CREDENTIAL_NAME.search(name) and len(host_environment.get(name, "")) >= 8
     ]
 
 

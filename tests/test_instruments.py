@@ -348,3 +348,22 @@ def test_secret_values_are_the_credentials_that_are_set() -> None:
     secrets = secret_values(profile, {"A_KEY": "long-enough-secret", "B_KEY": "short"})
 
     assert secrets == ["long-enough-secret"]
+
+
+def test_settings_passed_through_required_env_are_not_secrets() -> None:
+    profile = cli_profile(
+        required_env=[
+            "ANTHROPIC_MODEL",
+            "CLOUD_ML_REGION",
+            "ANTHROPIC_AUTH_TOKEN",
+            "GEMINI_API_KEY",
+        ]
+    )
+    host = {
+        "ANTHROPIC_MODEL": "claude-sonnet-4-5",
+        "CLOUD_ML_REGION": "us-east5-region",
+        "ANTHROPIC_AUTH_TOKEN": "token-value-123",
+        "GEMINI_API_KEY": "key-value-12345",
+    }
+
+    assert secret_values(profile, host) == ["token-value-123", "key-value-12345"]
