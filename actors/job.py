@@ -315,7 +315,7 @@ class JobActor(EnsembleActor):
             send(self._pool, WithdrawLeaseRequests(self.state.job_id))
             fx.withdraw_lease_requests = False
         if fx.released_leases:
-            releases = tuple((lease.lease_id, outcome) for lease, outcome in fx.released_leases)
+            releases = tuple((lease.lease_id, health) for lease, health in fx.released_leases)
             send(self._pool, ReleaseLeases(releases))
             fx.released_leases.clear()
         fx.lease_requests.clear()  # asked again once the job resumes
@@ -335,7 +335,7 @@ class JobActor(EnsembleActor):
                 BlockInstrument(state.job_id, block.instrument, block.model, block.until),
             )
         if fx.released_leases:
-            releases = tuple((lease.lease_id, outcome) for lease, outcome in fx.released_leases)
+            releases = tuple((lease.lease_id, health) for lease, health in fx.released_leases)
             send(self._pool, ReleaseLeases(releases))
         if fx.lease_requests:
             requests = tuple(

@@ -41,12 +41,7 @@ from runtime.messages import (
     SaveRuntimeState,
     WithdrawLeaseRequests,
 )
-from runtime.outcomes import OutcomeKind
 from runtime.policy import BreakerPolicy
-
-# What an attempt's outcome says about its instrument's health (S21).
-_EXECUTION_SUCCEEDED = {OutcomeKind.SUCCESS: True}
-_EXECUTION_FAILED = {OutcomeKind.FAILURE, OutcomeKind.TIMEOUT, OutcomeKind.CRASHED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,16 +119,7 @@ class BackendPool(EnsembleActor):
             send(message.reply_to, LeasesRefused(tuple(refused)))
 
     def _release(self, message: ReleaseLeases, now: float) -> None:
-        for lease_id, outcome in message.releases:
-            succeeded = (
-                None
-                if outcome is None
-                else True
-                if outcome in _EXECUTION_SUCCEEDED
-                else False
-                if outcome in _EXECUTION_FAILED
-                else None
-            )
+        for lease_id, succeeded in message.releases:
             grant, change = self._table.release(lease_id, succeeded, self._policy_of(lease_id), now)
             if grant is None or change is None:
                 continue

@@ -110,7 +110,8 @@ class Effects:
     blocks: list[BlockOrder] = field(default_factory=list)
     cancel_attempts: list[int] = field(default_factory=list)
     skip_checks: list[int] = field(default_factory=list)
-    released_leases: list[tuple[Any, OutcomeKind | None]] = field(default_factory=list)
+    # (lease, AttemptResult.instrument_health of the attempt that held it, or None)
+    released_leases: list[tuple[Any, bool | None]] = field(default_factory=list)
     finished: JobStatus | None = None
 
     @property
@@ -297,8 +298,7 @@ def on_attempt_finished(
     # The job gives the lease back after committing the result, in one message
     # per batch: a slot is never reused before the attempt's outcome is durable.
     if sheet.lease is not None:
-        health = None if result.not_the_instruments_fault else result.kind
-        fx.released_leases.append((sheet.lease, health))
+        fx.released_leases.append((sheet.lease, result.instrument_health))
         sheet.lease = None
     sheet.completion_pending = False
     if result.output_tail:

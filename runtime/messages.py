@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from runtime.events import Event
-from runtime.outcomes import AttemptResult, ExecutionResult, OutcomeKind
+from runtime.outcomes import AttemptResult, ExecutionResult
 from runtime.plan import Plan
 from runtime.policy import BreakerPolicy, Policy
 from runtime.score import Score
@@ -119,9 +119,10 @@ class WithdrawLeaseRequests:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseLeases:
-    """(lease_id, outcome of the attempt that held it, or None if it never ran)."""
+    """(lease_id, what the attempt that held it says of the instrument's health:
+    ``AttemptResult.instrument_health``, None if it never ran)."""
 
-    releases: tuple[tuple[int, OutcomeKind | None], ...]
+    releases: tuple[tuple[int, bool | None], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,19 @@ class AttemptResult:
     not_the_instruments_fault: bool = False
 
     @property
+    def instrument_health(self) -> bool | None:
+        """S21: what the attempt says of its instrument, for the circuit breaker:
+        True (it worked), False (it failed, timed out or crashed), None (nothing:
+        a rate limit, an auth failure, a cancel, or a failure that was ours)."""
+        if self.not_the_instruments_fault:
+            return None
+        if self.kind is OutcomeKind.SUCCESS:
+            return True
+        if self.kind in (OutcomeKind.FAILURE, OutcomeKind.TIMEOUT, OutcomeKind.CRASHED):
+            return False
+        return None
+
+    @property
     def pass_rate(self) -> float:
         if self.validations_total == 0:
             return 100.0

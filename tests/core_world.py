@@ -40,13 +40,6 @@ KNOWN_EVENTS = {
     ev.SHEET_CANCELLED,
 }  # fmt: skip
 # What an outcome says about the instrument's health, as actors/pool.py reads it (S21).
-_EXECUTION_OUTCOME = {
-    OutcomeKind.SUCCESS: True,
-    OutcomeKind.FAILURE: False,
-    OutcomeKind.TIMEOUT: False,
-    OutcomeKind.CRASHED: False,
-}
-
 OK = AttemptResult(kind=OutcomeKind.SUCCESS, exit_code=0)
 FAIL = AttemptResult(kind=OutcomeKind.FAILURE, exit_code=1, error="boom")
 AUTH = AttemptResult(kind=OutcomeKind.AUTH_FAILED, exit_code=1, error="bad key")
@@ -184,8 +177,8 @@ class World:
             self.table.withdraw(job_id)
             self.pool_grant()
         if fx.released_leases:
-            for lease, outcome in fx.released_leases:
-                self.pool_release(lease, outcome)
+            for lease, health in fx.released_leases:
+                self.pool_release(lease, health)
             self.pool_grant()
         for block in fx.blocks:
             if self.table.block(block.instrument, block.model, block.until):
@@ -230,8 +223,7 @@ class World:
         self.dispatches[(job_id, num)] += 1
         assert order.attempt == state.sheet(num).attempts
 
-    def pool_release(self, lease: Grant, outcome: OutcomeKind | None) -> None:
-        succeeded = None if outcome is None else _EXECUTION_OUTCOME.get(outcome)
+    def pool_release(self, lease: Grant, succeeded: bool | None) -> None:
         holder = self.table.holder(lease.lease_id)
         assert holder is not None, f"lease {lease.lease_id} released twice"
         policy = self.policies[holder.job_id]

@@ -699,3 +699,23 @@ def test_lease_table_withdraw_drops_only_that_jobs_waiting_requests() -> None:
     release(table, running.lease_id)
     assert granted(table.grant(0.0)) == [("b", 1)]
     assert table.waiting() == 0
+
+
+@pytest.mark.parametrize(
+    ("kind", "ours", "health"),
+    [
+        (OutcomeKind.SUCCESS, False, True),
+        (OutcomeKind.FAILURE, False, False),
+        (OutcomeKind.TIMEOUT, False, False),
+        (OutcomeKind.CRASHED, False, False),
+        (OutcomeKind.RATE_LIMITED, False, None),
+        (OutcomeKind.AUTH_FAILED, False, None),
+        (OutcomeKind.CANCELLED, False, None),
+        (OutcomeKind.FAILURE, True, None),
+    ],
+)
+def test_S21_what_an_attempt_says_of_its_instruments_health(
+    kind: OutcomeKind, ours: bool, health: bool | None
+) -> None:
+    result = AttemptResult(kind=kind, not_the_instruments_fault=ours)
+    assert result.instrument_health is health
