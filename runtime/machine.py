@@ -773,10 +773,8 @@ def current_instrument(state: JobState, sheet: SheetState) -> tuple[str, str | N
     if sheet.instrument_index == 0:
         return sheet_plan.instrument, sheet_plan.model
     index = sheet.instrument_index - 1
-    configs = sheet_plan.fallback_configs
-    # A fallback given as an alias in `instruments` brings its own config (model).
-    model = configs[index].get("model") if index < len(configs) else None
-    return sheet_plan.fallbacks[index], model
+    models = sheet_plan.fallback_models
+    return sheet_plan.fallbacks[index], models[index] if index < len(models) else None
 
 
 # --- internals -----------------------------------------------------------------------

@@ -54,9 +54,10 @@ class SheetPlan:
     fan_count: int = 1
     model: str | None = None
     instrument_config: Mapping[str, Any] = field(default_factory=lambda: _NO_CONFIG)
-    # Fallback instruments in order, each with the config of its alias ({} for a profile).
+    # Fallback instruments in order, each with the model its alias sets (None: the
+    # profile's default).
     fallbacks: tuple[str, ...] = ()
-    fallback_configs: tuple[Mapping[str, Any], ...] = ()
+    fallback_models: tuple[str | None, ...] = ()
     description: str | None = None
     movement_name: str | None = None
     # S5, from the sheet's stage: evaluated when the sheet becomes ready.
@@ -442,9 +443,9 @@ class _Resolver:
                 timeout = override.timeout_seconds
             model = override.model or override.cli_model or model
         if num in self.per_sheet_fallbacks:
-            fallbacks, fallback_configs = self._resolve_fallbacks(self.per_sheet_fallbacks[num])
+            fallbacks, fallback_models = self._resolve_fallbacks(self.per_sheet_fallbacks[num])
         else:
-            fallbacks, fallback_configs = self._movement_fallbacks(meta.stage, movement)
+            fallbacks, fallback_models = self._movement_fallbacks(meta.stage, movement)
         return SheetPlan(
             num=num,
             start_item=start,
@@ -457,7 +458,7 @@ class _Resolver:
             model=model,
             instrument_config=config,
             fallbacks=fallbacks,
-            fallback_configs=fallback_configs,
+            fallback_models=fallback_models,
             description=self.descriptions.get(num),
             movement_name=movement.name if movement is not None else None,
             skip_when=self.skip_when.get(meta.stage),
@@ -510,7 +511,7 @@ class _Resolver:
 
     def _movement_fallbacks(
         self, stage: int, movement: Any
-    ) -> tuple[tuple[str, ...], tuple[Mapping[str, Any], ...]]:
+    ) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
         key = stage if movement is not None and movement.instrument_fallbacks else None
         cached = self._fallback_chains.get(key)
         if cached is None:
@@ -521,18 +522,20 @@ class _Resolver:
 
     def _resolve_fallbacks(
         self, names: Sequence[str]
-    ) -> tuple[tuple[str, ...], tuple[Mapping[str, Any], ...]]:
+    ) -> tuple[tuple[str, ...], tuple[str | None, ...]]:
+        """Each fallback's instrument and model: an alias in ``instruments``
+        brings its profile and the model of its config."""
         instruments: list[str] = []
-        configs: list[Mapping[str, Any]] = []
+        models: list[str | None] = []
         for name in names:
             alias = self.score.instruments.get(name)
             if alias is not None:
                 instruments.append(legacy_instrument(alias.profile))
-                configs.append(MappingProxyType(dict(alias.config)))
+                models.append(_config_model(alias.config))
             else:
                 instruments.append(legacy_instrument(name))
-                configs.append(_NO_CONFIG)
-        return tuple(instruments), tuple(configs)
+                models.append(None)
+        return tuple(instruments), tuple(models)
 
 
 def _config_model(config: Mapping[str, Any]) -> str | None:

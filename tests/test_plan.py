@@ -280,7 +280,7 @@ def test_fallbacks_per_sheet_else_movement_else_score() -> None:
     assert plan.sheet(1).fallbacks == ("fb-score",)
     # Movement 2's chain, with its alias resolved to the profile and its config kept.
     assert plan.sheet(2).fallbacks == ("fb-movement", "fb-profile")
-    assert dict(plan.sheet(2).fallback_configs[1]) == {"model": "fb-model"}
+    assert plan.sheet(2).fallback_models == (None, "fb-model")
     assert plan.sheet(5).fallbacks == ()  # [] disables fallbacks for the sheet
     assert plan.fallback_instruments == {"fb-score", "fb-movement", "fb-profile"}
 
