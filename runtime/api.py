@@ -42,7 +42,7 @@ from runtime.errors import (
     UnknownInstrumentError,
 )
 from runtime.events import Event
-from runtime.instruments import InstrumentProfile, load_profiles
+from runtime.instruments import InstrumentProfile, load_profiles, raw_prompt_instruments
 from runtime.messages import (
     ClearRateLimits,
     JobCommand,
@@ -52,7 +52,7 @@ from runtime.messages import (
     Subscribe,
     Unsubscribe,
 )
-from runtime.plan import Plan, build_plan
+from runtime.plan import DEFAULT_RAW_PROMPT_INSTRUMENTS, Plan, build_plan
 from runtime.policy import policy_from_plan
 from runtime.prompts import PromptTemplate
 from runtime.score import Score, load_score, score_from_mapping
@@ -102,9 +102,7 @@ def start(
     return Runtime(
         Path(state_dir),
         backends={**default_backends(profiles), **(backends or {})},
-        raw_prompt_instruments=frozenset(
-            name for name, profile in profiles.items() if profile.raw_prompt
-        ),
+        raw_prompt_instruments=raw_prompt_instruments(profiles),
         max_concurrent_sheets=max_concurrent_sheets,
         clock=clock,
         fsync=durability == "fsync",
@@ -198,7 +196,7 @@ class Runtime:
         self_healing: bool = False,
         escalation: bool = False,
         recover: bool = False,
-        raw_prompt_instruments: frozenset[str] = frozenset({"cli"}),
+        raw_prompt_instruments: frozenset[str] = DEFAULT_RAW_PROMPT_INSTRUMENTS,
     ) -> None:
         self.state_dir = state_dir.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)

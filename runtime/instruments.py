@@ -434,6 +434,12 @@ def build_environment(
 _CREDENTIAL_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
 
 
+def raw_prompt_instruments(profiles: Mapping[str, InstrumentProfile]) -> frozenset[str]:
+    """The instruments whose prompt is passed as written, without Ensemble's
+    preamble (``raw_prompt: true``, as the built-in ``cli``)."""
+    return frozenset(name for name, profile in profiles.items() if profile.raw_prompt)
+
+
 def secret_values(profile: InstrumentProfile, host_environment: Mapping[str, str]) -> list[str]:
     """Values of the credential variables, to be redacted from any output kept."""
     return [

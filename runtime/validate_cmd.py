@@ -15,6 +15,7 @@ import sys
 from typing import Any, TextIO
 
 from runtime.errors import ConfigError
+from runtime.instruments import load_profiles, raw_prompt_instruments
 from runtime.plan import Plan, build_plan
 from runtime.prompts import PromptError, PromptTemplate, build_prompt
 from runtime.score import Score, load_score
@@ -92,7 +93,8 @@ def validate_main(argv: list[str], *, out: TextIO | None = None, err: TextIO | N
         return EXIT_VALID if exit_.code == 0 else EXIT_INVALID
     try:
         score = load_score(args.score)
-        plan = build_plan(score)
+        # As `ensemble run` plans it: profiles with raw_prompt get no preamble.
+        plan = build_plan(score, raw_prompt_instruments=raw_prompt_instruments(load_profiles()))
         prompts: dict[int, str] = {}
         if args.render is not None:
             if args.render and not 1 <= args.render <= plan.total_sheets:

@@ -188,3 +188,26 @@ def test_examples_survive_the_json_round_trip_of_a_checkpointed_score() -> None:
             sheet,
             PromptTemplate(score.prompt.template or "", variables=score.prompt.variables),
         )
+
+
+def test_validate_renders_a_raw_prompt_profile_as_run_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A project profile with raw_prompt: true gets its prompt as written, no preamble.
+    profiles = tmp_path / ".ensemble" / "instruments"
+    profiles.mkdir(parents=True)
+    (profiles / "shell2.yaml").write_text(
+        "name: shell2\nkind: cli\nraw_prompt: true\n"
+        "cli: {command: {executable: bash, prompt_flag: '-c'}}\n"
+    )
+    score = tmp_path / "score.yaml"
+    score.write_text(
+        "name: raw\nworkspace: ws\ninstrument: shell2\n"
+        "sheet: {size: 1, total_items: 1}\nprompt: {template: 'echo only this'}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+
+    code, out, err = run(str(score), "--json", "--render")
+
+    assert code == EXIT_VALID, err
+    assert json.loads(out)["prompts"]["1"] == "echo only this"
