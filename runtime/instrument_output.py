@@ -647,6 +647,16 @@ def interpret_chat_response(
 
 # --- output tails ---------------------------------------------------------------------
 
+# How much of the answer and of stderr an ExecutionResult keeps (the tail).
+# Enough for cross-sheet context and error messages; a flood stays bounded.
+RESULT_KEEP_CHARS = 64 * 1024
+STDERR_KEEP_CHARS = 16 * 1024
+
+# Output above this is decoded, parsed and searched in the hub's thread pool by
+# the backends: json and regex work on megabytes would otherwise hold the hub
+# (DESIGN: orjson and friends never yield).
+OFF_HUB_BYTES = 512 * 1024
+
 
 def output_tail(text: str, max_chars: int, secrets: Iterable[str] = ()) -> str:
     """The last ``max_chars`` of ``text``, credentials redacted.
@@ -663,6 +673,9 @@ def output_tail(text: str, max_chars: int, secrets: Iterable[str] = ()) -> str:
 
 __all__ = [
     "MAX_WAIT_SECONDS",
+    "OFF_HUB_BYTES",
+    "RESULT_KEEP_CHARS",
+    "STDERR_KEEP_CHARS",
     "ChatOutcome",
     "ParsedOutput",
     "Verdict",

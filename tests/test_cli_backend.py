@@ -20,8 +20,9 @@ import pytest
 from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread, wait_for_exit
 
 import runtime
-from actors.backends.cli import RESULT_KEEP_CHARS, CliBackend, default_backends, run_cli_request
+from actors.backends.cli import CliBackend, default_backends, run_cli_request
 from actors.backends.http import HttpBackend
+from runtime.instrument_output import RESULT_KEEP_CHARS
 from runtime.instruments import (
     InstrumentProfile,
     builtin_profiles,

@@ -23,7 +23,9 @@ import pytest
 from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread
 
 import runtime
+from actors.backends import http as http_backend
 from actors.backends.http import HttpBackend, run_http_request
+from runtime.instrument_output import RESULT_KEEP_CHARS
 from runtime.instruments import InstrumentProfile, profile_from_mapping
 from runtime.messages import ExecutionRequest
 from runtime.outcomes import ExecutionResult
@@ -162,6 +164,31 @@ def test_S24_answer_and_cost_from_the_usage(server: FakeChatServer) -> None:
     assert sent["body"]["model"] == "huge"
     assert sent["body"]["messages"] == [{"role": "user", "content": "answer hello"}]
     assert "Authorization" not in sent["headers"]
+
+
+def test_a_large_answer_is_read_off_the_hub_and_its_tail_kept(
+    server: FakeChatServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[int] = []
+    real = http_backend.interpret_response
+
+    def traced(*args: Any) -> ExecutionResult:
+        threads.append(threading.get_ident())
+        return real(*args)
+
+    monkeypatch.setattr(http_backend, "interpret_response", traced)
+
+    def on_a_hub() -> tuple[int, ExecutionResult]:
+        spec = HttpBackend(http_profile(server.url))
+        return threading.get_ident(), run_http_request(
+            spec, request("answer " + "x" * 700_000 + "END")
+        )
+
+    hub_thread, result = in_hub_thread(on_a_hub)
+
+    assert result.kind is K.SUCCESS
+    assert len(result.stdout) == RESULT_KEEP_CHARS and result.stdout.endswith("xEND")
+    assert threads and threads[0] != hub_thread  # parsed in the hub's thread pool
 
 
 def test_the_default_model_and_settings_go_in_the_body(server: FakeChatServer) -> None:

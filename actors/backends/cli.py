@@ -35,6 +35,9 @@ from actors.backends.base import BackendSpec, ProfileBackend
 from actors.base import ActorContext
 from actors.process import ProcessResult, decode_output, run_process, start_spawn_threads
 from runtime.instrument_output import (
+    OFF_HUB_BYTES,
+    RESULT_KEEP_CHARS,
+    STDERR_KEEP_CHARS,
     attempt_cost,
     classify,
     output_tail,
@@ -55,16 +58,6 @@ from runtime.outcomes import ExecutionResult, OutcomeKind
 from runtime.redaction import redact
 
 __all__ = ["BASE_ENVIRONMENT", "CliBackend", "default_backends"]
-
-# How much of the answer and of stderr an ExecutionResult keeps (the tail).
-# Enough for cross-sheet context and error messages; a flood stays bounded.
-RESULT_KEEP_CHARS = 64 * 1024
-STDERR_KEEP_CHARS = 16 * 1024
-
-# Output above this is decoded, parsed and searched in the thread pool: json
-# and regex work on megabytes would otherwise hold the hub (DESIGN: orjson and
-# friends never yield).
-_OFF_HUB_BYTES = 512 * 1024
 
 _SHELL_PROFILE: dict[str, Any] = {
     "name": "cli",
@@ -165,7 +158,7 @@ def run_cli_request(
         max_output_bytes=spec.max_output_bytes,
     )
     secrets = secret_values(profile, host)
-    if len(process.stdout) + len(process.stderr) > _OFF_HUB_BYTES:
+    if len(process.stdout) + len(process.stderr) > OFF_HUB_BYTES:
         result: ExecutionResult = gevent.get_hub().threadpool.apply(
             interpret_process, (profile, request, process, secrets)
         )

@@ -24,7 +24,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,8 @@ import gevent.ssl
 
 from actors.backends.base import ProfileBackend
 from runtime.instrument_output import (
+    OFF_HUB_BYTES,
+    RESULT_KEEP_CHARS,
     ParsedOutput,
     attempt_cost,
     chat_request_body,
@@ -51,7 +53,6 @@ __all__ = ["HttpBackend", "run_http_request"]
 
 # A chat answer is text; anything larger than this is not one.
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
-RESULT_KEEP_CHARS = 64 * 1024
 
 
 class HttpBackend(ProfileBackend):
@@ -220,6 +221,21 @@ def run_http_request(
             error=f"the answer from {url} is larger than {MAX_RESPONSE_BYTES} bytes",
             duration_seconds=duration,
         )
+    arguments = (profile, model, response, secrets, duration)
+    if len(response.body) > OFF_HUB_BYTES:
+        result: ExecutionResult = gevent.get_hub().threadpool.apply(interpret_response, arguments)
+        return result
+    return interpret_response(*arguments)
+
+
+def interpret_response(
+    profile: InstrumentProfile,
+    model: str | None,
+    response: _Response,
+    secrets: Sequence[str],
+    duration: float,
+) -> ExecutionResult:
+    """The ``ExecutionResult`` of an answer that arrived; pure apart from the clock."""
     text = response.body.decode("utf-8", errors="replace")
     chat = interpret_chat_response(
         profile, response.status, response.headers, text, datetime.now(UTC)
