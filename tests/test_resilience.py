@@ -206,14 +206,6 @@ def test_S8_completion_then_full_pass_completes() -> None:
 # --- S9 retries ------------------------------------------------------------------------
 
 
-def test_S9_max_retries_3_allows_4_attempts() -> None:
-    world = one_sheet(policy(max_retries=3))
-    world.settle({1: FAIL})
-    assert world.sheet(1).attempts == 4
-    assert world.status(1) is S.FAILED
-    assert len(world.named(ev.SHEET_RETRY_SCHEDULED)) == 3
-
-
 @pytest.mark.parametrize("result", [FAIL, TIMEOUT, CRASH], ids=["failure", "timeout", "crash"])
 def test_S9_each_failure_kind_spends_one_retry(result: AttemptResult) -> None:
     world = one_sheet(policy(max_retries=2))
@@ -975,31 +967,11 @@ def test_S26_an_attempt_that_finishes_despite_the_cancel_is_still_cancelled() ->
     assert world.final["job0"] is J.CANCELLED
 
 
-@pytest.mark.parametrize(
-    ("outcomes", "final"),
-    [
-        ({}, J.COMPLETED),
-        ({2: FAIL}, J.FAILED),
-    ],
-)
-def test_S27_final_status(outcomes: dict[int, AttemptResult], final: JobStatus) -> None:
-    world = World.of((make_plan(3, dependencies={3: [2]}), policy(max_retries=0)))
-    world.settle(outcomes)
-    assert world.final["job0"] is final
-    assert world.state().status is final
-
-
 def test_S27_a_sheet_skipped_by_the_user_still_lets_the_job_complete() -> None:
     world = fermata_world()
     world.decide(1, "skip")
     world.settle()
     assert world.final["job0"] is J.COMPLETED
-
-
-def test_S28_a_job_with_no_sheets_completes_at_once() -> None:
-    world = World.of((make_plan(0), policy()))
-    assert world.final["job0"] is J.COMPLETED
-    assert world.names() == [ev.JOB_STARTED, ev.JOB_COMPLETED]
 
 
 # --- the pure core keeps the ordering guarantees --------------------------------------------
