@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +34,6 @@ from runtime.testing import AuthFailure, Fail, Hang, RateLimit, ScriptedBackend,
 
 START = 1_000_000.0  # where every TimerClock starts
 
-Starter = Callable[..., runtime.Runtime]
-
-
-@pytest.fixture
-def start_rt(rt_factory: RuntimeFactory) -> Starter:
-    """``start_rt(backends, clock=, recover=, durability=, **start_options)`` on
-    tmp_path/state: the shared ``rt_factory``, which stops every runtime after the
-    test and checks it leaves no actor behind."""
-    return rt_factory
-
 
 def stored(rt: runtime.Runtime, job_id: str) -> dict[str, Any]:
     """The job's checkpoint as a recovery would read it from disk."""
@@ -62,7 +52,7 @@ def attempts_requested(backend: ScriptedBackend, sheet_num: int) -> list[int]:
 
 
 def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_nothing_finished(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     """Six sheets caught in five statuses: completed (1, 4), retry_scheduled (2),
     dispatched (3), pending behind a running sheet (5), waiting on a rate limit (6)."""
@@ -76,7 +66,7 @@ def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_n
     )
     limited = ScriptedBackend({6: RateLimit(wait_seconds=600)})
     clock = TimerClock()
-    rt = start_rt({"mock": first_backend, "limited": limited}, clock=clock)
+    rt = rt_factory({"mock": first_backend, "limited": limited}, clock=clock)
     log = EventLog()
     rt.subscribe(log)
     score = make_score(
@@ -108,7 +98,7 @@ def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_n
     backend = ScriptedBackend(default=Succeed(cost=1.0))
     again = ScriptedBackend(default=Succeed(cost=1.0))
     clock2 = TimerClock()  # the same wall time: nothing is due yet
-    rt2 = start_rt({"mock": backend, "limited": again}, clock=clock2)
+    rt2 = rt_factory({"mock": backend, "limited": again}, clock=clock2)
     log2 = EventLog()
     rt2.subscribe(log2)  # before recovering, so no event is missed
     (recovered,) = rt2.recover()
@@ -152,10 +142,10 @@ def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_n
 
 @pytest.mark.parametrize("due", [False, True], ids=["rearmed", "due-during-outage"])
 def test_S29_S10_retry_timer_is_rearmed_from_its_stored_deadline(
-    start_rt: Starter, make_score: ScoreFactory, due: bool
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, due: bool
 ) -> None:
     clock = TimerClock()
-    rt = start_rt({"mock": ScriptedBackend({1: Fail()})}, clock=clock)
+    rt = rt_factory({"mock": ScriptedBackend({1: Fail()})}, clock=clock)
     log = EventLog()
     rt.subscribe(log)
     handle = rt.submit(make_score(sheets=1, max_retries=1, retry_delay=3600))
@@ -166,7 +156,7 @@ def test_S29_S10_retry_timer_is_rearmed_from_its_stored_deadline(
     backend = ScriptedBackend()
     # Due during the outage: the real clock, for which a deadline in 1970 is long past.
     clock2 = None if due else TimerClock()
-    rt2 = start_rt({"mock": backend}, clock=clock2, recover=True)
+    rt2 = rt_factory({"mock": backend}, clock=clock2, recover=True)
     (recovered,) = rt2.recovered
     if clock2 is not None:
         clock2.wait_for_pending(1)
@@ -182,11 +172,11 @@ def test_S29_S10_retry_timer_is_rearmed_from_its_stored_deadline(
 
 @pytest.mark.parametrize("due", [False, True], ids=["rearmed", "due-during-outage"])
 def test_S29_S23_pacing_deadline_is_rearmed_from_the_checkpoint(
-    start_rt: Starter, make_score: ScoreFactory, due: bool
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, due: bool
 ) -> None:
     clock = TimerClock()
     first = ScriptedBackend()
-    rt = start_rt({"mock": first}, clock=clock)
+    rt = rt_factory({"mock": first}, clock=clock)
     log = EventLog()
     rt.subscribe(log)
     handle = rt.submit(make_score(sheets=2, max_concurrent=None, pause_between_sheets_seconds=120))
@@ -200,7 +190,7 @@ def test_S29_S23_pacing_deadline_is_rearmed_from_the_checkpoint(
     backend = ScriptedBackend()
     # Due during the outage: the real clock, for which a deadline in 1970 is long past.
     clock2 = None if due else TimerClock()
-    rt2 = start_rt({"mock": backend}, clock=clock2, recover=True)
+    rt2 = rt_factory({"mock": backend}, clock=clock2, recover=True)
     (recovered,) = rt2.recovered
     if clock2 is not None:
         clock2.wait_for_pending(1)
@@ -214,12 +204,12 @@ def test_S29_S23_pacing_deadline_is_rearmed_from_the_checkpoint(
 
 @pytest.mark.parametrize("due", [False, True], ids=["rearmed", "due-during-outage"])
 def test_S29_S17_rate_limit_block_is_sent_to_the_pool_again(
-    start_rt: Starter, make_score: ScoreFactory, due: bool
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, due: bool
 ) -> None:
     """The whole instrument stays blocked until the stored deadline, for the
     waiting sheet and for the others (S17); no retry is spent."""
     clock = TimerClock()
-    rt = start_rt({"mock": ScriptedBackend({1: RateLimit(wait_seconds=900)})}, clock=clock)
+    rt = rt_factory({"mock": ScriptedBackend({1: RateLimit(wait_seconds=900)})}, clock=clock)
     log = EventLog()
     rt.subscribe(log)
     handle = rt.submit(make_score(sheets=1))
@@ -233,7 +223,7 @@ def test_S29_S17_rate_limit_block_is_sent_to_the_pool_again(
     backend = ScriptedBackend()
     # Due during the outage: the real clock, for which a deadline in 1970 is long past.
     clock2 = None if due else TimerClock()
-    rt2 = start_rt({"mock": backend}, clock=clock2, recover=True)
+    rt2 = rt_factory({"mock": backend}, clock=clock2, recover=True)
     (recovered,) = rt2.recovered
     if clock2 is not None:
         clock2.wait_for_pending(1)  # the block is back: the pool armed its end
@@ -253,7 +243,7 @@ def test_S29_S17_rate_limit_block_is_sent_to_the_pool_again(
 
 
 def test_S29_S16_fermata_survives_a_restart_and_is_resolved_after_it(
-    tmp_path: Path, start_rt: Starter, make_score: ScoreFactory
+    tmp_path: Path, rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     rt = runtime.start(
         tmp_path / "state",
@@ -271,7 +261,7 @@ def test_S29_S16_fermata_survives_a_restart_and_is_resolved_after_it(
     assert stored(rt, handle.job_id)["status"] == "paused"
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     progress = recovered.status()
     assert progress.status is J.PAUSED
@@ -284,11 +274,11 @@ def test_S29_S16_fermata_survives_a_restart_and_is_resolved_after_it(
 
 
 def test_S29_S25_a_paused_job_is_recovered_paused(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     clock = TimerClock()
     first = ScriptedBackend(default=Succeed(delay=10))
-    rt = start_rt({"mock": first}, clock=clock)
+    rt = rt_factory({"mock": first}, clock=clock)
     log = EventLog()
     rt.subscribe(log)
     handle = rt.submit(make_score(sheets=3, max_concurrent=1))
@@ -298,7 +288,7 @@ def test_S29_S25_a_paused_job_is_recovered_paused(
     rt.stop()
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     assert recovered.status().status is J.PAUSED
     assert backend.calls() == 0
@@ -309,12 +299,12 @@ def test_S29_S25_a_paused_job_is_recovered_paused(
 
 
 def test_S29_S1_S2_skips_and_failures_are_kept_and_nothing_terminal_runs_again(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     """Sheet 1 fails (its dependent 2 is skipped by the cascade), 3 is skipped by
     the user at its fermata (its dependent 4 still runs, S1), 5 hangs until the stop."""
     first = ScriptedBackend({1: AuthFailure(), 3: Fail(), 5: Hang()})
-    rt = start_rt({"mock": first}, escalation=True)
+    rt = rt_factory({"mock": first}, escalation=True)
     log = EventLog()
     rt.subscribe(log)
     score = make_score(sheets=5, max_retries=0, dependencies={2: [1], 4: [3], 1: [], 3: [], 5: []})
@@ -332,7 +322,7 @@ def test_S29_S1_S2_skips_and_failures_are_kept_and_nothing_terminal_runs_again(
     }  # fmt: skip
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     result = recovered.wait(WAIT_SECONDS)
     assert [r.sheet_num for r in backend.requests] == [5]
@@ -346,9 +336,9 @@ def test_S29_S1_S2_skips_and_failures_are_kept_and_nothing_terminal_runs_again(
 
 
 def test_S29_finished_jobs_are_not_recovered_and_only_named_jobs_are(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
-    rt = start_rt({"mock": ScriptedBackend(default=Hang()), "quick": ScriptedBackend()})
+    rt = rt_factory({"mock": ScriptedBackend(default=Hang()), "quick": ScriptedBackend()})
     done = rt.submit(make_score(name="done", sheets=1, instrument="quick"), job_id="done")
     assert done.wait(WAIT_SECONDS).status is J.COMPLETED
     rt.submit(make_score(name="a", sheets=1), job_id="a")
@@ -356,7 +346,7 @@ def test_S29_finished_jobs_are_not_recovered_and_only_named_jobs_are(
     rt.stop()
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend, "quick": ScriptedBackend()})
+    rt2 = rt_factory({"mock": backend, "quick": ScriptedBackend()})
     with pytest.raises(JobNotFoundError, match="'nope'"):
         rt2.recover(["a", "nope"])
     (only_a,) = rt2.recover(["a"])
@@ -369,13 +359,13 @@ def test_S29_finished_jobs_are_not_recovered_and_only_named_jobs_are(
 
 
 def test_S29_recover_leaves_alone_the_jobs_this_runtime_is_running(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
-    rt = start_rt({"mock": ScriptedBackend(default=Hang())})
+    rt = rt_factory({"mock": ScriptedBackend(default=Hang())})
     handle = rt.submit(make_score(name="old", sheets=1))
     rt.stop()
     backend = ScriptedBackend(default=Hang())
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     assert [h.job_id for h in rt2.recovered] == [handle.job_id]
     fresh = rt2.submit(make_score(name="fresh", sheets=1))
     assert backend.wait_for_calls(2, WAIT_SECONDS)
@@ -385,12 +375,12 @@ def test_S29_recover_leaves_alone_the_jobs_this_runtime_is_running(
 
 
 def test_S29_recovered_job_with_an_instrument_this_runtime_lacks_is_an_error_not_a_hang(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
-    rt = start_rt({"mock": ScriptedBackend(default=Hang())})
+    rt = rt_factory({"mock": ScriptedBackend(default=Hang())})
     handle = rt.submit(make_score(sheets=1))
     rt.stop()
-    rt2 = start_rt({"other": ScriptedBackend()}, recover=True)
+    rt2 = rt_factory({"other": ScriptedBackend()}, recover=True)
     assert rt2.recovered == []
     (problem,) = rt2.recovery_errors
     assert handle.job_id in problem and "'mock'" in problem
@@ -402,10 +392,10 @@ def test_S29_recovered_job_with_an_instrument_this_runtime_lacks_is_an_error_not
 # --- S30: torn and corrupt checkpoints --------------------------------------------------------
 
 
-def interrupted_job(start_rt: Starter, make_score: ScoreFactory, job_id: str) -> Path:
+def interrupted_job(rt_factory: RuntimeFactory, make_score: ScoreFactory, job_id: str) -> Path:
     """A job stopped with sheet 1 completed and sheet 2 dispatched; its folder."""
     first = ScriptedBackend({2: Hang()})
-    rt = start_rt({"mock": first})
+    rt = rt_factory({"mock": first})
     log = EventLog()
     rt.subscribe(log)
     rt.submit(make_score(name=job_id, sheets=2, dependencies={2: [1]}), job_id=job_id)
@@ -434,9 +424,9 @@ def warnings() -> Iterator[list[str]]:
     ids=["torn", "garbage", "not-a-record", "unknown-sheet"],
 )
 def test_S30_unreadable_journal_tail_is_ignored_with_a_warning(
-    start_rt: Starter, make_score: ScoreFactory, warnings: list[str], tail: bytes
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, warnings: list[str], tail: bytes
 ) -> None:
-    job_dir = interrupted_job(start_rt, make_score, "torn")
+    job_dir = interrupted_job(rt_factory, make_score, "torn")
     # The stopped runtime left a fresh snapshot; journal one more change, then the tail.
     checkpoint = journal.load_checkpoint(job_dir).checkpoint
     record = {**checkpoint["sheets"][1], "kind": "sheet", "attempts": 7,
@@ -451,7 +441,7 @@ def test_S30_unreadable_journal_tail_is_ignored_with_a_warning(
     assert any(str(job_dir / journal.JOURNAL_FILE) in message for message in warnings)
 
     backend = ScriptedBackend()
-    rt = start_rt({"mock": backend}, recover=True)
+    rt = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt.recovered
     assert recovered.wait(WAIT_SECONDS).status is J.COMPLETED
     assert attempts_requested(backend, 2) == [8]
@@ -477,10 +467,10 @@ def test_S30_unreadable_journal_tail_is_ignored_with_a_warning(
     ids=["truncated", "empty", "not-an-object", "sheets-not-a-list", "bad-sheet", "no-seq"],
 )
 def test_S30_corrupt_snapshot_is_an_error_naming_the_file_and_other_jobs_still_recover(
-    start_rt: Starter, make_score: ScoreFactory, content: bytes
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, content: bytes
 ) -> None:
-    broken = interrupted_job(start_rt, make_score, "broken")
-    healthy = interrupted_job(start_rt, make_score, "healthy")
+    broken = interrupted_job(rt_factory, make_score, "broken")
+    healthy = interrupted_job(rt_factory, make_score, "healthy")
     snapshot = broken / journal.SNAPSHOT_FILE
     snapshot.write_bytes(content)
 
@@ -489,7 +479,7 @@ def test_S30_corrupt_snapshot_is_an_error_naming_the_file_and_other_jobs_still_r
     assert str(snapshot) in str(raised.value)
 
     backend = ScriptedBackend()
-    rt = start_rt({"mock": backend}, recover=True)
+    rt = rt_factory({"mock": backend}, recover=True)
     (problem,) = rt.recovery_errors
     assert "broken" in problem and str(snapshot) in problem
     (recovered,) = rt.recovered
@@ -500,11 +490,11 @@ def test_S30_corrupt_snapshot_is_an_error_naming_the_file_and_other_jobs_still_r
 
 
 def test_S30_missing_score_file_is_an_error_naming_it(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
-    job_dir = interrupted_job(start_rt, make_score, "lost")
+    job_dir = interrupted_job(rt_factory, make_score, "lost")
     (job_dir / journal.SCORE_FILE).unlink()
-    rt = start_rt({"mock": ScriptedBackend()}, recover=True)
+    rt = rt_factory({"mock": ScriptedBackend()}, recover=True)
     (problem,) = rt.recovery_errors
     assert str(job_dir / journal.SCORE_FILE) in problem
 
@@ -515,7 +505,10 @@ def test_S30_missing_score_file_is_an_error_naming_it(
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to name fds")
 @pytest.mark.parametrize("durability", ["fsync", "process"])
 def test_durability_setting_decides_whether_the_journal_is_fsynced(
-    start_rt: Starter, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch, durability: str
+    rt_factory: RuntimeFactory,
+    make_score: ScoreFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    durability: str,
 ) -> None:
     """Both settings leave a checkpoint a recovery can read; only 'fsync' fsyncs
     every group commit of the journal (snapshots are always fsynced)."""
@@ -529,7 +522,7 @@ def test_durability_setting_decides_whether_the_journal_is_fsynced(
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
     backend = ScriptedBackend(default=Hang())
-    rt = start_rt({"mock": backend}, durability=durability)
+    rt = rt_factory({"mock": backend}, durability=durability)
     handle = rt.submit(make_score(sheets=3, independent=True))
     assert backend.wait_for_calls(3, WAIT_SECONDS)
     # While the job runs, its dispatch records are in the journal (no snapshot yet).
@@ -541,7 +534,7 @@ def test_durability_setting_decides_whether_the_journal_is_fsynced(
     assert any(path.endswith(journal.SNAPSHOT_FILE + ".tmp") for path in synced)
     rt.stop()
 
-    rt2 = start_rt({"mock": ScriptedBackend()}, durability=durability, recover=True)
+    rt2 = rt_factory({"mock": ScriptedBackend()}, durability=durability, recover=True)
     (recovered,) = rt2.recovered
     result = recovered.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
@@ -554,13 +547,13 @@ def test_unknown_durability_setting_is_refused(tmp_path: Path) -> None:
 
 
 def test_compaction_keeps_the_journal_short_and_recovery_exact(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     """A long job compacts its journal into snapshots as it goes; what a
     recovery reads back is still exact."""
     sheets = 1200
     backend = ScriptedBackend({sheets: Hang()})
-    rt = start_rt({"mock": backend})
+    rt = rt_factory({"mock": backend})
     log = EventLog()
     rt.subscribe(log)
     handle = rt.submit(
@@ -574,7 +567,7 @@ def test_compaction_keeps_the_journal_short_and_recovery_exact(
     assert loaded.replayed_records < loaded.checkpoint["seq"]
     assert loaded.checkpoint["sheets"][-1]["status"] == "dispatched"
     rt.stop()
-    rt2 = start_rt({"mock": ScriptedBackend()}, recover=True)
+    rt2 = rt_factory({"mock": ScriptedBackend()}, recover=True)
     (recovered,) = rt2.recovered
     result = recovered.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
@@ -583,11 +576,11 @@ def test_compaction_keeps_the_journal_short_and_recovery_exact(
 
 
 def test_a_job_folder_left_half_created_by_a_kill_is_ignored_and_does_not_hold_the_id(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     """A job's folder is filled under a hidden name and renamed into place; a kill
     in between leaves only the hidden folder, which nothing mistakes for a job."""
-    rt = start_rt({"mock": ScriptedBackend()})
+    rt = rt_factory({"mock": ScriptedBackend()})
     leftover = journal.jobs_dir(rt.state_dir) / f"{journal.TEMPORARY_PREFIX}abc123"
     leftover.mkdir(parents=True)
     (leftover / journal.SCORE_FILE).write_text("{}")
@@ -600,12 +593,12 @@ def test_a_job_folder_left_half_created_by_a_kill_is_ignored_and_does_not_hold_t
 
 
 def test_S29_S31_previous_outputs_survive_a_restart(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     """The output of a sheet finished before the crash reaches a later sheet's
     prompt after it, from the checkpoint."""
     first = ScriptedBackend({1: Succeed(stdout="alpha-output"), 2: Hang()})
-    rt = start_rt({"mock": first})
+    rt = rt_factory({"mock": first})
     log = EventLog()
     rt.subscribe(log)
     score = make_score(
@@ -621,7 +614,7 @@ def test_S29_S31_previous_outputs_survive_a_restart(
     rt.stop()
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     assert recovered.wait(WAIT_SECONDS).status is J.COMPLETED
     (request,) = backend.requests
@@ -631,10 +624,10 @@ def test_S29_S31_previous_outputs_survive_a_restart(
 
 
 def test_S29_S5_sheet_skipped_by_its_condition_stays_skipped_and_satisfies_its_dependent(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     first = ScriptedBackend(default=Hang())
-    rt = start_rt({"mock": first})
+    rt = rt_factory({"mock": first})
     log = EventLog()
     rt.subscribe(log)
     score = make_score(sheets=2, max_concurrent=None, sheet={"skip_when": {1: "sheet_num == 1"}})
@@ -645,7 +638,7 @@ def test_S29_S5_sheet_skipped_by_its_condition_stays_skipped_and_satisfies_its_d
     assert sheet_records(stored(rt, handle.job_id))[1]["skip_reason"] == "condition"
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     result = recovered.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED  # S27: skipped by a condition counts as done
@@ -654,10 +647,10 @@ def test_S29_S5_sheet_skipped_by_its_condition_stays_skipped_and_satisfies_its_d
 
 
 def test_S29_ready_sheet_waiting_for_a_slot_runs_after_recovery(
-    start_rt: Starter, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     first = ScriptedBackend(default=Hang())
-    rt = start_rt({"mock": first})
+    rt = rt_factory({"mock": first})
     handle = rt.submit(make_score(sheets=2, independent=True, max_concurrent=1))
     assert first.wait_for_calls(1, WAIT_SECONDS)
     rt.stop()
@@ -665,14 +658,14 @@ def test_S29_ready_sheet_waiting_for_a_slot_runs_after_recovery(
     assert statuses == ["dispatched", "ready"]
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     assert recovered.wait(WAIT_SECONDS).status is J.COMPLETED
     assert [(r.sheet_num, r.attempt) for r in backend.requests] == [(1, 2), (2, 1)]
 
 
 def test_S29_S26_a_job_stopped_while_cancelling_ends_cancelled_after_recovery(
-    start_rt: Starter, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The runtime stops while a cancel waits for its running attempts to end (they
     ignore it here, as a slow process would): the checkpoint says 'cancelling',
@@ -684,7 +677,7 @@ def test_S29_S26_a_job_stopped_while_cancelling_ends_cancelled_after_recovery(
 
     monkeypatch.setattr(SheetActor, "on_receive", slow_to_cancel)
     first = ScriptedBackend({1: Succeed()}, default=Hang())
-    rt = start_rt({"mock": first})
+    rt = rt_factory({"mock": first})
     log = EventLog()
     rt.subscribe(log)
     handle = rt.submit(make_score(sheets=4, dependencies={4: [2], 1: [], 2: [], 3: []}))
@@ -696,7 +689,7 @@ def test_S29_S26_a_job_stopped_while_cancelling_ends_cancelled_after_recovery(
     assert checkpoint["status"] == "running" and checkpoint["cancelling"] is True
 
     backend = ScriptedBackend()
-    rt2 = start_rt({"mock": backend}, recover=True)
+    rt2 = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt2.recovered
     result = recovered.wait(WAIT_SECONDS)
     assert result.status is J.CANCELLED

@@ -9,8 +9,6 @@ happened meanwhile.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,22 +31,6 @@ from runtime.testing import (
 
 S = runtime.SheetStatus
 J = runtime.JobStatus
-
-
-@pytest.fixture
-def start_runtime(tmp_path: Path) -> Iterator[Any]:
-    """``runtime.start`` with any options; every runtime is stopped after the test."""
-    started: list[runtime.Runtime] = []
-
-    def start(backends: dict[str, Any], **options: Any) -> runtime.Runtime:
-        rt = runtime.start(tmp_path / "state", backends=backends, durability="process", **options)
-        started.append(rt)
-        return rt
-
-    yield start
-    for rt in started:
-        rt.stop()
-        assert rt.alive_actors() == 0
 
 
 def watch(rt: runtime.Runtime) -> EventLog:
@@ -154,10 +136,10 @@ def test_S15_the_fallback_backend_is_told_its_own_instrument(
 
 
 def test_S15_self_healing_from_the_runtime_gives_one_extra_attempt(
-    start_runtime: Any, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     backend = ScriptedBackend(default=Fail())
-    rt = start_runtime({"mock": backend}, self_healing=True)
+    rt = rt_factory({"mock": backend}, self_healing=True)
     handle = rt.submit(make_score(sheets=1, max_retries=1))
     assert handle.wait(WAIT_SECONDS).status is J.FAILED
     assert backend.calls() == 3
@@ -167,10 +149,10 @@ def test_S15_self_healing_from_the_runtime_gives_one_extra_attempt(
 
 
 def test_S15_S16_fermata_pauses_the_job_until_a_human_decides(
-    start_runtime: Any, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     backend = ScriptedBackend({1: [Fail(), Succeed()]})
-    rt = start_runtime({"mock": backend})
+    rt = rt_factory({"mock": backend})
     log = watch(rt)
     handle = rt.submit(make_score(sheets=2, max_retries=0, dependencies={2: [1]}), escalation=True)
     log.wait_for_count(ev.SHEET_FERMATA, 1)
@@ -198,14 +180,14 @@ def test_S15_S16_fermata_pauses_the_job_until_a_human_decides(
     ],
 )
 def test_S16_fermata_decisions_end_to_end(
-    start_runtime: Any,
+    rt_factory: RuntimeFactory,
     make_score: ScoreFactory,
     decision: str,
     final: runtime.JobStatus,
     sheet_1: runtime.SheetStatus,
     sheet_2: runtime.SheetStatus,
 ) -> None:
-    rt = start_runtime({"mock": ScriptedBackend({1: Fail()})}, escalation=True)
+    rt = rt_factory({"mock": ScriptedBackend({1: Fail()})}, escalation=True)
     log = watch(rt)
     handle = rt.submit(make_score(sheets=2, max_retries=0, dependencies={2: [1]}))
     log.wait_for_count(ev.SHEET_FERMATA, 1)
@@ -414,11 +396,11 @@ def test_S22_two_jobs_of_100_sheets_on_one_instrument_share_it_fairly(
     assert min(at_first_finish.values()) >= 90, at_first_finish
 
 
-def test_S22_a_model_limit_holds(start_runtime: Any, make_score: ScoreFactory) -> None:
+def test_S22_a_model_limit_holds(rt_factory: RuntimeFactory, make_score: ScoreFactory) -> None:
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=1))
     backend.model_limits = {"small": 1}  # type: ignore[attr-defined]
-    rt = start_runtime({"mock": backend}, clock=clock)
+    rt = rt_factory({"mock": backend}, clock=clock)
     small = rt.submit(make_score(sheets=3, independent=True, instrument_config={"model": "small"}))
     large = rt.submit(make_score(sheets=3, independent=True, instrument_config={"model": "large"}))
     for calls, running in ((4, 4), (5, 1), (6, 1)):
@@ -510,7 +492,7 @@ ADDED_EVENTS = {"cost.warning", "sheet.cancelled"}
 
 
 def test_S34_every_transition_publishes_a_complete_event(
-    start_runtime: Any, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     clock = TimerClock()
     mock = ScriptedBackend({
@@ -518,7 +500,7 @@ def test_S34_every_transition_publishes_a_complete_event(
         2: [RateLimit(10), Fail(), Succeed()],
         3: Fail(),
     })  # fmt: skip
-    rt = start_runtime(
+    rt = rt_factory(
         {"mock": mock, "backup": ScriptedBackend(default=Fail())}, clock=clock, escalation=True
     )
     log = watch(rt)
