@@ -108,6 +108,13 @@ class RuntimeFactory(Protocol):
     ) -> runtime.Runtime: ...
 
 
+def subscribed(rt: runtime.Runtime) -> EventLog:
+    """A new EventLog subscribed to every event of ``rt``."""
+    log = EventLog()
+    rt.subscribe(log)
+    return log
+
+
 class EventLog:
     """Collects observer events from ``Runtime.subscribe``; thread-safe."""
 
@@ -132,6 +139,17 @@ class EventLog:
             if (job_id is None or event.job_id == job_id)
             and (sheet_num is None or event.sheet_num == sheet_num)
         ]
+
+    def named(self, name: str, job_id: str | None = None) -> list[Event]:
+        """The events called ``name`` so far (of one job, if given)."""
+        return [
+            e for e in self.events if e.event == name and (job_id is None or e.job_id == job_id)
+        ]
+
+    def wait_for_event(self, name: str, count: int = 1, job_id: str | None = None) -> Event:
+        """Wait for the ``count``-th event called ``name`` and return it."""
+        self.wait_for_count(name, count, job_id)
+        return self.named(name, job_id)[count - 1]
 
     def wait_for(
         self, predicate: Callable[[list[Event]], bool], timeout: float = WAIT_SECONDS

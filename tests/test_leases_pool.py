@@ -7,7 +7,7 @@ through ``runtime.start`` on a manual clock.
 
 from __future__ import annotations
 
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
 import runtime
 from runtime import events as ev
@@ -256,8 +256,7 @@ def test_S18_the_pool_rearms_its_timer_when_a_block_is_extended(
     clock = TimerClock()
     backend = ScriptedBackend({1: [RateLimit(60), Succeed()], 2: [RateLimit(120), Succeed()]})
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=2, independent=True))
     log.wait_for_count(ev.RATE_LIMIT_ACTIVE, 2)
     clock.wait_for_pending(1)
@@ -270,7 +269,7 @@ def test_S18_the_pool_rearms_its_timer_when_a_block_is_extended(
     clock.advance(1)
     assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
     assert backend.calls() == 4
-    cleared = [e for e in log.events if e.event == ev.RATE_LIMIT_CLEARED]
+    cleared = log.named(ev.RATE_LIMIT_CLEARED)
     assert len(cleared) == 1 and cleared[0].data["instrument"] == "mock"
 
 
@@ -280,8 +279,7 @@ def test_S21_breaker_events_are_instrument_wide_and_name_the_jobs(
     clock = TimerClock()
     backend = ScriptedBackend({1: [Fail(), Succeed()]})
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(
         make_score(
             sheets=1, retry_delay=1, retry={"jitter": False},

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from loguru import logger
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
 import runtime
 from actors.sheet import SheetActor
@@ -67,8 +67,7 @@ def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_n
     limited = ScriptedBackend({6: RateLimit(wait_seconds=600)})
     clock = TimerClock()
     rt = rt_factory({"mock": first_backend, "limited": limited}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     score = make_score(
         sheets=6,
         dependencies={4: [1], 5: [3], 1: [], 2: [], 3: [], 6: []},
@@ -146,8 +145,7 @@ def test_S29_S10_retry_timer_is_rearmed_from_its_stored_deadline(
 ) -> None:
     clock = TimerClock()
     rt = rt_factory({"mock": ScriptedBackend({1: Fail()})}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1, max_retries=1, retry_delay=3600))
     log.wait_for_count(ev.SHEET_RETRY_SCHEDULED, 1)
     rt.stop()
@@ -177,8 +175,7 @@ def test_S29_S23_pacing_deadline_is_rearmed_from_the_checkpoint(
     clock = TimerClock()
     first = ScriptedBackend()
     rt = rt_factory({"mock": first}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=2, max_concurrent=None, pause_between_sheets_seconds=120))
     log.wait_for_count(ev.SHEET_COMPLETED, 1)
     clock.wait_for_pending(1)  # the pacing timer
@@ -210,8 +207,7 @@ def test_S29_S17_rate_limit_block_is_sent_to_the_pool_again(
     waiting sheet and for the others (S17); no retry is spent."""
     clock = TimerClock()
     rt = rt_factory({"mock": ScriptedBackend({1: RateLimit(wait_seconds=900)})}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1))
     log.wait_for_count(ev.RATE_LIMIT_ACTIVE, 1)
     rt.stop()
@@ -252,8 +248,7 @@ def test_S29_S16_fermata_survives_a_restart_and_is_resolved_after_it(
         escalation=True,
     )
     try:
-        log = EventLog()
-        rt.subscribe(log)
+        log = subscribed(rt)
         handle = rt.submit(make_score(sheets=2, max_retries=1, dependencies={2: [1]}))
         log.wait_for_count(ev.SHEET_FERMATA, 1)
     finally:
@@ -279,8 +274,7 @@ def test_S29_S25_a_paused_job_is_recovered_paused(
     clock = TimerClock()
     first = ScriptedBackend(default=Succeed(delay=10))
     rt = rt_factory({"mock": first}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=3, max_concurrent=1))
     assert first.wait_for_calls(1, WAIT_SECONDS)
     assert handle.pause()
@@ -305,8 +299,7 @@ def test_S29_S1_S2_skips_and_failures_are_kept_and_nothing_terminal_runs_again(
     the user at its fermata (its dependent 4 still runs, S1), 5 hangs until the stop."""
     first = ScriptedBackend({1: AuthFailure(), 3: Fail(), 5: Hang()})
     rt = rt_factory({"mock": first}, escalation=True)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     score = make_score(sheets=5, max_retries=0, dependencies={2: [1], 4: [3], 1: [], 3: [], 5: []})
     handle = rt.submit(score)
     log.wait_for_count(ev.SHEET_FERMATA, 1)
@@ -396,8 +389,7 @@ def interrupted_job(rt_factory: RuntimeFactory, make_score: ScoreFactory, job_id
     """A job stopped with sheet 1 completed and sheet 2 dispatched; its folder."""
     first = ScriptedBackend({2: Hang()})
     rt = rt_factory({"mock": first})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     rt.submit(make_score(name=job_id, sheets=2, dependencies={2: [1]}), job_id=job_id)
     log.wait_for_count(ev.SHEET_COMPLETED, 1, job_id=job_id)
     assert first.wait_for_calls(2, WAIT_SECONDS)
@@ -554,8 +546,6 @@ def test_compaction_keeps_the_journal_short_and_recovery_exact(
     sheets = 1200
     backend = ScriptedBackend({sheets: Hang()})
     rt = rt_factory({"mock": backend})
-    log = EventLog()
-    rt.subscribe(log)
     handle = rt.submit(
         make_score(sheets=sheets, dependencies={sheets: list(range(1, sheets))}, max_concurrent=20)
     )
@@ -599,8 +589,6 @@ def test_S29_S31_previous_outputs_survive_a_restart(
     prompt after it, from the checkpoint."""
     first = ScriptedBackend({1: Succeed(stdout="alpha-output"), 2: Hang()})
     rt = rt_factory({"mock": first})
-    log = EventLog()
-    rt.subscribe(log)
     score = make_score(
         sheets=2,
         max_concurrent=None,
@@ -628,8 +616,7 @@ def test_S29_S5_sheet_skipped_by_its_condition_stays_skipped_and_satisfies_its_d
 ) -> None:
     first = ScriptedBackend(default=Hang())
     rt = rt_factory({"mock": first})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     score = make_score(sheets=2, max_concurrent=None, sheet={"skip_when": {1: "sheet_num == 1"}})
     handle = rt.submit(score)
     log.wait_for_count(ev.SHEET_SKIPPED, 1)
@@ -678,8 +665,7 @@ def test_S29_S26_a_job_stopped_while_cancelling_ends_cancelled_after_recovery(
     monkeypatch.setattr(SheetActor, "on_receive", slow_to_cancel)
     first = ScriptedBackend({1: Succeed()}, default=Hang())
     rt = rt_factory({"mock": first})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=4, dependencies={4: [2], 1: [], 2: [], 3: []}))
     log.wait_for_count(ev.SHEET_COMPLETED, 1)
     assert first.wait_for_calls(3, WAIT_SECONDS)

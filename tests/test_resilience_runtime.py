@@ -12,11 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
 import runtime
 from runtime import events as ev
-from runtime.events import Event
 from runtime.journal import load_checkpoint
 from runtime.messages import ExecutionRequest
 from runtime.testing import (
@@ -33,22 +32,6 @@ S = runtime.SheetStatus
 J = runtime.JobStatus
 
 
-def watch(rt: runtime.Runtime) -> EventLog:
-    log = EventLog()
-    rt.subscribe(log)
-    return log
-
-
-def wait_event(log: EventLog, name: str, count: int = 1) -> Event:
-    """Wait for the ``count``-th event called ``name`` and return it."""
-    log.wait_for_count(name, count)
-    return events_of(log, name)[count - 1]
-
-
-def events_of(log: EventLog, name: str, job_id: str | None = None) -> list[Event]:
-    return [e for e in log.events if e.event == name and (job_id is None or e.job_id == job_id)]
-
-
 # --- S8, S11 completion mode and retry prompts ---------------------------------------------
 
 
@@ -60,7 +43,7 @@ def test_S8_completion_mode_end_to_end_with_note_and_delay(
         1: [Succeed(files={"a.txt": "a"}), Succeed(files={"a.txt": "a", "b.txt": "b"})],
     })  # fmt: skip
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     score = make_score(
         sheets=1,
         retry={"completion_delay_seconds": 30, "completion_threshold_percent": 50},
@@ -70,7 +53,7 @@ def test_S8_completion_mode_end_to_end_with_note_and_delay(
         ],
     )
     handle = rt.submit(score)
-    partial = wait_event(log, ev.SHEET_PARTIAL)
+    partial = log.wait_for_event(ev.SHEET_PARTIAL)
     assert partial.data["pass_rate"] == 50.0
     clock.wait_for_pending(1)
     assert clock.advance(29) == 0
@@ -110,15 +93,15 @@ def test_S12_S15_auth_failure_falls_back_to_the_next_instrument(
     primary = ScriptedBackend(default=AuthFailure())
     backup = ScriptedBackend()
     rt = rt_factory({"mock": primary, "backup": backup})
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1, instrument_fallbacks=["backup"]))
     result = handle.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
     assert (primary.calls(), backup.calls()) == (1, 1)
-    (fallback,) = events_of(log, ev.INSTRUMENT_FALLBACK)
+    (fallback,) = log.named(ev.INSTRUMENT_FALLBACK)
     assert fallback.sheet_num == 1 and fallback.job_id == handle.job_id
     assert fallback.data["to_instrument"] == "backup"
-    dispatched = events_of(log, ev.SHEET_DISPATCHED)
+    dispatched = log.named(ev.SHEET_DISPATCHED)
     assert [e.data["instrument"] for e in dispatched] == ["mock", "backup"]
 
 
@@ -153,7 +136,7 @@ def test_S15_S16_fermata_pauses_the_job_until_a_human_decides(
 ) -> None:
     backend = ScriptedBackend({1: [Fail(), Succeed()]})
     rt = rt_factory({"mock": backend})
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=2, max_retries=0, dependencies={2: [1]}), escalation=True)
     log.wait_for_count(ev.SHEET_FERMATA, 1)
     log.wait_for(lambda events: any(e.event == ev.JOB_PAUSED for e in events))
@@ -188,7 +171,7 @@ def test_S16_fermata_decisions_end_to_end(
     sheet_2: runtime.SheetStatus,
 ) -> None:
     rt = rt_factory({"mock": ScriptedBackend({1: Fail()})}, escalation=True)
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=2, max_retries=0, dependencies={2: [1]}))
     log.wait_for_count(ev.SHEET_FERMATA, 1)
     assert rt.resolve_fermata(handle.job_id, 1, decision) is True
@@ -207,7 +190,7 @@ def test_S13_the_backend_gets_the_sheets_timeout_and_a_timeout_is_a_failed_attem
     clock = TimerClock()
     backend = ScriptedBackend({1: [Hang(), Succeed()]})
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1, max_retries=1, timeout_seconds=120))
     assert backend.wait_for_calls(1, WAIT_SECONDS)
     assert backend.requests[0].timeout_seconds == 120
@@ -215,7 +198,7 @@ def test_S13_the_backend_gets_the_sheets_timeout_and_a_timeout_is_a_failed_attem
     assert clock.advance(119) == 0
     clock.advance(1)
     assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
-    (retry,) = events_of(log, ev.SHEET_RETRY_SCHEDULED)
+    (retry,) = log.named(ev.SHEET_RETRY_SCHEDULED)
     assert retry.data["error_kind"] == "timeout"
 
 
@@ -238,9 +221,9 @@ def test_S17_S18_a_rate_limit_blocks_the_instrument_across_jobs_until_it_ends(
     mock = ScriptedBackend(rate_limit_once("first", 600))
     other = ScriptedBackend()
     rt = rt_factory({"mock": mock, "other": other}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     first = rt.submit(make_score(sheets=1), job_id="first")
-    active = wait_event(log, ev.RATE_LIMIT_ACTIVE)
+    active = log.wait_for_event(ev.RATE_LIMIT_ACTIVE)
     assert (active.job_id, active.sheet_num) == ("first", 1)
     assert active.data["wait_seconds"] == 600
     clock.wait_for_pending(1)  # the pool's timer for the end of the block
@@ -255,7 +238,7 @@ def test_S17_S18_a_rate_limit_blocks_the_instrument_across_jobs_until_it_ends(
     assert first.wait(WAIT_SECONDS).status is J.COMPLETED
     assert second.wait(WAIT_SECONDS).status is J.COMPLETED
     assert first.result().sheets[1].attempts == 2
-    cleared = wait_event(log, ev.RATE_LIMIT_CLEARED)
+    cleared = log.wait_for_event(ev.RATE_LIMIT_CLEARED)
     assert cleared.job_id == "" and cleared.sheet_num == 0
     assert cleared.data["instrument"] == "mock" and cleared.data["manual"] is False
     assert cleared.data["jobs"] == ["first", "second"]
@@ -277,14 +260,14 @@ def test_S19_clear_rate_limit_ends_the_wait_at_once(
     clock = TimerClock()
     backend = ScriptedBackend(rate_limit_once("job", 3600))
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1), job_id="job")
     log.wait_for_count(ev.RATE_LIMIT_ACTIVE, 1)
     clock.wait_for_pending(1)
     assert rt.clear_rate_limit("other") == 0
     assert rt.clear_rate_limit() == 1
     assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
-    cleared = wait_event(log, ev.RATE_LIMIT_CLEARED)
+    cleared = log.wait_for_event(ev.RATE_LIMIT_CLEARED)
     assert cleared.data["manual"] is True
     assert rt.clear_rate_limit("mock") == 0
 
@@ -310,7 +293,7 @@ def test_S21_the_breaker_opens_waits_then_a_trial_closes_it(
     clock = TimerClock()
     backend = ScriptedBackend({n: [Fail(), Succeed(delay=1)] for n in (1, 2, 3)})
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(
         make_score(
             sheets=3, independent=True, max_concurrent=3, retry_delay=1,
@@ -319,7 +302,7 @@ def test_S21_the_breaker_opens_waits_then_a_trial_closes_it(
         ),
         job_id="job",
     )  # fmt: skip
-    opened = wait_event(log, ev.CIRCUIT_OPENED)
+    opened = log.wait_for_event(ev.CIRCUIT_OPENED)
     assert opened.job_id == "" and opened.sheet_num == 0
     assert opened.data["instrument"] == "mock" and opened.data["jobs"] == ["job"]
     log.wait_for_count(ev.SHEET_RETRY_SCHEDULED, 3)
@@ -331,7 +314,7 @@ def test_S21_the_breaker_opens_waits_then_a_trial_closes_it(
     assert handle.status().counts == {"dispatched": 1, "ready": 2}
     clock.wait_for_pending(1)
     clock.advance(1)
-    closed = wait_event(log, ev.CIRCUIT_CLOSED)
+    closed = log.wait_for_event(ev.CIRCUIT_CLOSED)
     assert closed.job_id == "" and closed.data["instrument"] == "mock"
     assert backend.wait_for_calls(6, WAIT_SECONDS)
     clock.wait_for_pending(2)
@@ -347,7 +330,7 @@ def test_S21_sheets_with_a_fallback_move_on_when_the_breaker_opens(
     mock = ScriptedBackend(default=Fail())
     backup = ScriptedBackend()
     rt = rt_factory({"mock": mock, "backup": backup}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(
         sheets=3, independent=True, max_concurrent=1, retry_delay=50, max_retries=5,
         instrument_fallbacks=["backup"],
@@ -374,7 +357,7 @@ def test_S22_two_jobs_of_100_sheets_on_one_instrument_share_it_fairly(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=1), max_concurrent=2)
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     a = rt.submit(make_score(sheets=100, independent=True, max_concurrent=10), job_id="a")
     b = rt.submit(make_score(sheets=100, independent=True, max_concurrent=10), job_id="b")
     log.wait_for(lambda events: any(e.job_id == "b" for e in events))
@@ -424,7 +407,7 @@ def test_S23_pause_between_sheets_holds_dispatch_on_the_clock(
     clock = TimerClock()
     backend = ScriptedBackend()
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=2, pause_between_sheets_seconds=30))
     log.wait_for_count(ev.SHEET_COMPLETED, 1)
     clock.wait_for_pending(1)
@@ -440,11 +423,11 @@ def test_S24_over_the_job_limit_the_job_pauses_and_resume_pauses_again(
 ) -> None:
     backend = ScriptedBackend(default=Succeed(cost=0.6))
     rt = rt_factory({"mock": backend})
-    log = watch(rt)
+    log = subscribed(rt)
     handle = rt.submit(make_score(
         sheets=4, cost_limits={"max_cost_per_job": 1.0, "warn_at_percent": 50},
     ))  # fmt: skip
-    exceeded = wait_event(log, ev.COST_EXCEEDED)
+    exceeded = log.wait_for_event(ev.COST_EXCEEDED)
     assert exceeded.sheet_num == 0 and exceeded.data["scope"] == "job"
     log.wait_for(lambda events: any(e.event == ev.JOB_PAUSED for e in events))
     progress = handle.status()
@@ -503,7 +486,7 @@ def test_S34_every_transition_publishes_a_complete_event(
     rt = rt_factory(
         {"mock": mock, "backup": ScriptedBackend(default=Fail())}, clock=clock, escalation=True
     )
-    log = watch(rt)
+    log = subscribed(rt)
     score = make_score(
         sheets=4, dependencies={4: [3]}, max_retries=1, max_concurrent=1,
         retry={"completion_delay_seconds": 0},

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
 import runtime
 from runtime import events as ev
@@ -38,8 +38,7 @@ def test_S1_no_sheet_starts_before_its_dependencies_completed(
     dependencies = {2: [1], 3: [1], 4: [1], 5: [2, 3, 4], 6: [5], 7: [], 8: [7, 3]}
     backend = ScriptedBackend(default=Succeed(delay=0.005))
     rt = rt_factory({"mock": backend})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=8, dependencies=dependencies, max_concurrent=8))
     result = handle.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
@@ -138,8 +137,7 @@ def test_S22_two_jobs_share_the_ceiling_and_take_turns(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=10))
     rt = rt_factory({"mock": backend}, max_concurrent_sheets=2, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     first = rt.submit(make_score(name="a", sheets=8, independent=True, max_concurrent=8))
     assert backend.wait_for_calls(2, WAIT_SECONDS)
     second = rt.submit(make_score(name="b", sheets=8, independent=True, max_concurrent=8))
@@ -166,8 +164,7 @@ def test_S25_pause_stops_dispatch_running_attempts_apply_resume_continues(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=10))
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=4, independent=True, max_concurrent=2))
     assert backend.wait_for_calls(2, WAIT_SECONDS)
     clock.wait_for_pending(2)
@@ -202,8 +199,7 @@ def test_S26_cancel_terminates_running_attempts_and_keeps_completed_sheets(
 ) -> None:
     backend = ScriptedBackend({1: Succeed()}, default=Hang())
     rt = rt_factory({"mock": backend})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=5, dependencies={4: [2]}, max_concurrent=3))
     # 1 completes, then 2, 3 and 5 hang; 4 waits for 2.
     assert backend.wait_for_calls(4, WAIT_SECONDS)
@@ -218,7 +214,7 @@ def test_S26_cancel_terminates_running_attempts_and_keeps_completed_sheets(
     assert result.sheets[4].attempts == 0
     assert backend.running == 0  # every hanging attempt was ended
     assert backend.calls() == 4
-    cancelled = {e.sheet_num for e in log.events if e.event == ev.SHEET_CANCELLED}
+    cancelled = {e.sheet_num for e in log.named(ev.SHEET_CANCELLED)}
     assert {2, 3, 5} <= cancelled
     assert log.names(handle.job_id)[-1] == ev.JOB_CANCELLED
     assert handle.cancel() is False
@@ -309,8 +305,7 @@ def test_S34_events_of_a_job_arrive_in_order(
     rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     rt = rt_factory({"mock": ScriptedBackend()})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=4, independent=True, max_concurrent=4))
     assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
     # wait() returns only after the job's last events were delivered.
@@ -355,8 +350,7 @@ def test_S34_a_failing_subscriber_does_not_break_others(
         raise RuntimeError("subscriber bug")
 
     rt.subscribe(broken)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     for name in ("one", "two"):
         handle = rt.submit(make_score(name=name, sheets=2))
         assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
@@ -509,8 +503,7 @@ def test_S10_retry_waits_on_the_clock_until_advanced(
     clock = TimerClock()
     backend = ScriptedBackend({1: [Fail(), Succeed()]})
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1, max_retries=1, retry_delay=3600))
     (scheduled,) = [
         e
@@ -534,12 +527,11 @@ def test_S9_S14_crash_is_a_failed_attempt_classified_crashed_and_retried(
 ) -> None:
     backend = ScriptedBackend({1: [Crash(), Succeed()], 2: Crash("always")})
     rt = rt_factory({"mock": backend})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     result = rt.submit(make_score(sheets=2, independent=True, max_retries=1)).wait(WAIT_SECONDS)
     assert result.sheets[1].status is S.COMPLETED
     assert result.sheets[1].attempts == 2
-    retried = [e for e in log.events if e.event == ev.SHEET_RETRY_SCHEDULED and e.sheet_num == 1]
+    retried = [e for e in log.named(ev.SHEET_RETRY_SCHEDULED) if e.sheet_num == 1]
     assert [e.data["error_kind"] for e in retried] == ["crashed"]
     assert result.sheets[2].status is S.FAILED
     assert result.sheets[2].attempts == 2
@@ -574,8 +566,7 @@ def test_S28_a_job_with_no_sheets_completes_at_once(
     rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
     rt = rt_factory()
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=0))
     result = handle.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pytest
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
 from runtime import events as ev
 from runtime import journal
@@ -60,8 +60,7 @@ def test_failed_commit_pauses_the_job_loses_nothing_and_resume_retries_it(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=10, cost=0.5))
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=3, max_concurrent=None))  # a chain: 1, 2, 3
     assert backend.wait_for_calls(1, WAIT_SECONDS)
     clock.wait_for_pending(1)
@@ -69,12 +68,12 @@ def test_failed_commit_pauses_the_job_loses_nothing_and_resume_retries_it(
     disk.failing.set()
     clock.advance(10)  # sheet 1 finishes: its result cannot be committed
     log.wait_for_count(ev.JOB_PAUSED, 1)
-    (problem,) = [e for e in log.events if e.event == ev.RUNTIME_ERROR]
+    (problem,) = log.named(ev.RUNTIME_ERROR)
     message = problem.data["error"]
     assert os.strerror(error) in message
     assert handle.job_id in message and "resume" in message
     assert journal.JOURNAL_FILE in message  # names the file it could not write
-    (paused,) = [e for e in log.events if e.event == ev.JOB_PAUSED]
+    (paused,) = log.named(ev.JOB_PAUSED)
     assert paused.data["reason"] == "storage"
     # The batch is held: nothing of it was released (no event, no next sheet).
     assert ev.SHEET_COMPLETED not in log.names()
@@ -130,8 +129,7 @@ def test_a_failed_commit_pauses_only_the_jobs_whose_write_failed(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=10))
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     sick = rt.submit(make_score(name="sick", sheets=2, max_concurrent=None))
     well = rt.submit(make_score(name="well", sheets=2, max_concurrent=None))
     assert backend.wait_for_calls(2, WAIT_SECONDS)
@@ -144,7 +142,7 @@ def test_a_failed_commit_pauses_only_the_jobs_whose_write_failed(
     clock.advance(10)
     assert well.wait(WAIT_SECONDS).status is J.COMPLETED
     assert sick.status().status is J.PAUSED
-    assert [e.job_id for e in log.events if e.event == ev.RUNTIME_ERROR] == ["sick"]
+    assert [e.job_id for e in log.named(ev.RUNTIME_ERROR)] == ["sick"]
 
     broken.clear()
     assert sick.resume()
@@ -169,8 +167,7 @@ def test_stopping_while_paused_for_storage_keeps_only_what_was_committed(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=10))
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=2, max_concurrent=None))
     assert backend.wait_for_calls(1, WAIT_SECONDS)
     clock.wait_for_pending(1)
@@ -300,8 +297,7 @@ def test_a_failed_final_commit_pauses_the_job_and_resume_finishes_it(
     clock = TimerClock()
     backend = ScriptedBackend(default=Succeed(delay=10))
     rt = rt_factory({"mock": backend}, clock=clock)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     handle = rt.submit(make_score(sheets=1))
     assert backend.wait_for_calls(1, WAIT_SECONDS)
     clock.wait_for_pending(1)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from loguru import logger
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock
+from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
 import actors.supervisor as supervisor_module
 from actors.pool import BackendPool
@@ -91,8 +91,7 @@ def test_crashed_job_actor_is_restarted_from_its_checkpoint_and_the_job_complete
     )
     backend = ScriptedBackend(default=Succeed(cost=0.5))
     rt = rt_factory({"mock": backend}, max_concurrent_sheets=1)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     victim = rt.submit(make_score(name="victim", sheets=3, max_concurrent=None))
     bystander = rt.submit(make_score(name="bystander", sheets=3, max_concurrent=None))
 
@@ -108,7 +107,7 @@ def test_crashed_job_actor_is_restarted_from_its_checkpoint_and_the_job_complete
     assert bystander.wait(WAIT_SECONDS).status is J.COMPLETED
     assert all(attempts_of(backend, n, "bystander") == [1] for n in (1, 2, 3))
 
-    (error,) = [e for e in log.events if e.event == ev.RUNTIME_ERROR]
+    (error,) = log.named(ev.RUNTIME_ERROR)
     assert error.job_id == "victim" and "injected crash #1" in error.data["error"]
     names = log.names("victim")
     assert (
@@ -183,8 +182,7 @@ def test_a_job_that_keeps_crashing_ends_failed_after_three_restarts_and_wait_ret
     )
     backend = ScriptedBackend(default=Succeed(cost=0.25))
     rt = rt_factory({"mock": backend})
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     doomed = rt.submit(make_score(name="doomed", sheets=2, max_concurrent=None))
     healthy = rt.submit(make_score(name="healthy", sheets=2, max_concurrent=None))
 
@@ -261,14 +259,13 @@ def test_S14_crashed_sheet_actor_is_a_failed_attempt_classified_crashed_and_retr
     crashed = crash_sheet_actor(monkeypatch, times=1)
     backend = ScriptedBackend()
     rt = rt_factory({"mock": backend}, max_concurrent_sheets=1)
-    log = EventLog()
-    rt.subscribe(log)
+    log = subscribed(rt)
     result = rt.submit(make_score(sheets=2, max_retries=1)).wait(WAIT_SECONDS)
     assert crashed == [1]
     assert result.status is J.COMPLETED
     assert result.sheets[1].attempts == 2
     assert attempts_of(backend, 1) == [2]  # attempt 1 never reached the backend
-    (retry,) = [e for e in log.events if e.event == ev.SHEET_RETRY_SCHEDULED]
+    (retry,) = log.named(ev.SHEET_RETRY_SCHEDULED)
     assert retry.data["error_kind"] == "crashed"
     assert "sheet actor crashed" in retry.data["error"]
     assert ev.RUNTIME_ERROR not in log.names()  # the job itself never crashed
