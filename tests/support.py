@@ -9,17 +9,19 @@ that nothing signals (a file a child process writes).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import select
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import gevent
 import pytest
+from loguru import logger
 
 import runtime
 from runtime.clock import ManualClock
@@ -106,6 +108,17 @@ class RuntimeFactory(Protocol):
         durability: str = "process",
         **options: Any,
     ) -> runtime.Runtime: ...
+
+
+@contextlib.contextmanager
+def captured_logs(level: str) -> Iterator[list[str]]:
+    """The runtime's log messages at ``level`` and above while the block runs."""
+    messages: list[str] = []
+    sink = logger.add(lambda message: messages.append(str(message)), level=level)
+    try:
+        yield messages
+    finally:
+        logger.remove(sink)
 
 
 def subscribed(rt: runtime.Runtime) -> EventLog:

@@ -19,8 +19,15 @@ from typing import Any
 
 import orjson
 import pytest
-from loguru import logger
-from support import WAIT_SECONDS, EventLog, RuntimeFactory, ScoreFactory, TimerClock, subscribed
+from support import (
+    WAIT_SECONDS,
+    EventLog,
+    RuntimeFactory,
+    ScoreFactory,
+    TimerClock,
+    captured_logs,
+    subscribed,
+)
 
 import runtime
 from actors.sheet import SheetActor
@@ -42,10 +49,6 @@ def stored(rt: runtime.Runtime, job_id: str) -> dict[str, Any]:
 
 def sheet_records(checkpoint: dict[str, Any]) -> dict[int, dict[str, Any]]:
     return {sheet["num"]: sheet for sheet in checkpoint["sheets"]}
-
-
-def attempts_requested(backend: ScriptedBackend, sheet_num: int) -> list[int]:
-    return [r.attempt for r in backend.requests if r.sheet_num == sheet_num]
 
 
 # --- everything at once -----------------------------------------------------------------
@@ -115,14 +118,14 @@ def test_S29_stop_mid_way_then_recover_keeps_counters_costs_outputs_and_reruns_n
     assert again.calls() == 0 and backend.calls(2) == 0
     clock2.advance(1)
     assert again.wait_for_calls(1, WAIT_SECONDS)
-    assert attempts_requested(again, 6) == [2]
+    assert again.attempts(6) == [2]
     assert backend.calls(2) == 0
     clock2.advance(400)
     result = recovered.wait(WAIT_SECONDS)
 
     assert result.status is J.COMPLETED
     assert backend.calls(1) == backend.calls(4) == again.calls(1) == 0  # never re-run
-    assert attempts_requested(backend, 2) == [2]
+    assert backend.attempts(2) == [2]
     attempts = {num: sheet.attempts for num, sheet in result.sheets.items()}
     assert attempts == {1: 1, 2: 2, 3: 2, 4: 1, 5: 1, 6: 2}
     costs = {num: sheet.cost for num, sheet in result.sheets.items()}
@@ -164,7 +167,7 @@ def test_S29_S10_retry_timer_is_rearmed_from_its_stored_deadline(
         assert clock2.advance(1) == 1
     result = recovered.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
-    assert attempts_requested(backend, 1) == [2]
+    assert backend.attempts(1) == [2]
     assert result.sheets[1].attempts == 2
 
 
@@ -399,10 +402,8 @@ def interrupted_job(rt_factory: RuntimeFactory, make_score: ScoreFactory, job_id
 
 @pytest.fixture
 def warnings() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(str(message)), level="WARNING")
-    yield messages
-    logger.remove(sink)
+    with captured_logs("WARNING") as messages:
+        yield messages
 
 
 @pytest.mark.parametrize(
@@ -436,7 +437,7 @@ def test_S30_unreadable_journal_tail_is_ignored_with_a_warning(
     rt = rt_factory({"mock": backend}, recover=True)
     (recovered,) = rt.recovered
     assert recovered.wait(WAIT_SECONDS).status is J.COMPLETED
-    assert attempts_requested(backend, 2) == [8]
+    assert backend.attempts(2) == [8]
     # The recovered job started from a fresh snapshot: the bad tail is gone for good.
     rt.stop()
     again = journal.load_checkpoint(job_dir)

@@ -16,8 +16,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from loguru import logger
-from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subscribed
+from support import (
+    WAIT_SECONDS,
+    RuntimeFactory,
+    ScoreFactory,
+    TimerClock,
+    captured_logs,
+    subscribed,
+)
 
 import actors.supervisor as supervisor_module
 from actors.pool import BackendPool
@@ -58,18 +64,8 @@ def crash_when(
 
 @pytest.fixture
 def error_logs() -> Iterator[list[str]]:
-    messages: list[str] = []
-    sink = logger.add(lambda message: messages.append(str(message)), level="ERROR")
-    yield messages
-    logger.remove(sink)
-
-
-def attempts_of(backend: ScriptedBackend, sheet_num: int, job_id: str | None = None) -> list[int]:
-    return [
-        r.attempt
-        for r in backend.requests
-        if r.sheet_num == sheet_num and (job_id is None or r.job_id == job_id)
-    ]
+    with captured_logs("ERROR") as messages:
+        yield messages
 
 
 # --- JobActor crashes ----------------------------------------------------------------------
@@ -98,14 +94,14 @@ def test_crashed_job_actor_is_restarted_from_its_checkpoint_and_the_job_complete
     result = victim.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
     assert len(crashed) == 1
-    assert attempts_of(backend, 1, "victim") == [1]  # completed before the crash: not re-run
-    assert attempts_of(backend, 2, "victim") == [1, 2]  # its result was lost with the actor
-    assert attempts_of(backend, 3, "victim") == [1]
+    assert backend.attempts(1, "victim") == [1]  # completed before the crash: not re-run
+    assert backend.attempts(2, "victim") == [1, 2]  # its result was lost with the actor
+    assert backend.attempts(3, "victim") == [1]
     # The lost result's cost was never applied; only what was committed counts.
     assert result.sheets[2].attempts == 2 and result.sheets[2].cost == 0.5
     assert result.cost == 1.5
     assert bystander.wait(WAIT_SECONDS).status is J.COMPLETED
-    assert all(attempts_of(backend, n, "bystander") == [1] for n in (1, 2, 3))
+    assert all(backend.attempts(n, "bystander") == [1] for n in (1, 2, 3))
 
     (error,) = log.named(ev.RUNTIME_ERROR)
     assert error.job_id == "victim" and "injected crash #1" in error.data["error"]
@@ -192,8 +188,8 @@ def test_a_job_that_keeps_crashing_ends_failed_after_three_restarts_and_wait_ret
     assert result.error is not None and "crashed 4 times" in result.error
     assert "injected crash #4" in result.error
     assert result.sheets[1].status is S.DISPATCHED and result.sheets[1].attempts == 4
-    assert attempts_of(backend, 1, "doomed") == [1, 2, 3, 4]
-    assert attempts_of(backend, 2, "doomed") == []
+    assert backend.attempts(1, "doomed") == [1, 2, 3, 4]
+    assert backend.attempts(2, "doomed") == []
     names = log.names("doomed")
     assert names.count(ev.RUNTIME_ERROR) == 4
     assert names[-1] == ev.JOB_FAILED
@@ -264,7 +260,7 @@ def test_S14_crashed_sheet_actor_is_a_failed_attempt_classified_crashed_and_retr
     assert crashed == [1]
     assert result.status is J.COMPLETED
     assert result.sheets[1].attempts == 2
-    assert attempts_of(backend, 1) == [2]  # attempt 1 never reached the backend
+    assert backend.attempts(1) == [2]  # attempt 1 never reached the backend
     (retry,) = log.named(ev.SHEET_RETRY_SCHEDULED)
     assert retry.data["error_kind"] == "crashed"
     assert "sheet actor crashed" in retry.data["error"]

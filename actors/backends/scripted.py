@@ -116,13 +116,19 @@ class ScriptedBackend:
             return list(self._requests)
 
     def calls(self, sheet_num: int | None = None, job_id: str | None = None) -> int:
+        """How many requests started (for one sheet and/or job, if given)."""
+        return len(self.attempts(sheet_num, job_id))
+
+    def attempts(self, sheet_num: int | None = None, job_id: str | None = None) -> list[int]:
+        """The attempt numbers of the requests started, in order (for one sheet
+        and/or job, if given)."""
         with self._condition:
-            return sum(
-                1
+            return [
+                request.attempt
                 for request in self._requests
                 if (sheet_num is None or request.sheet_num == sheet_num)
                 and (job_id is None or request.job_id == job_id)
-            )
+            ]
 
     def wait_for_calls(self, count: int, timeout: float = 10.0) -> bool:
         """Block the calling (test) thread until ``count`` requests have started."""
