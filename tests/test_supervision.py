@@ -307,7 +307,7 @@ def test_a_host_command_that_crashes_the_job_actor_is_answered_not_left_to_time_
     handle = rt.submit(make_score(sheets=1))
     assert backend.wait_for_calls(1, WAIT_SECONDS)
     try:
-        handle.pause(timeout=3)
+        handle.pause(timeout=WAIT_SECONDS)
     except CallTimeoutError:
         pytest.fail("the pause call was never answered")
     except EnsembleError:
@@ -331,7 +331,7 @@ def test_a_crash_of_the_backend_pool_does_not_leave_wait_hanging(
     rt = rt_factory({"mock": ScriptedBackend()})
     handle = rt.submit(make_score(sheets=1))
     try:
-        handle.wait(5)
+        handle.wait(WAIT_SECONDS)
     except TimeoutError:
         pytest.fail("job.wait() hung after the pool crashed")
     except EnsembleError:
