@@ -312,9 +312,7 @@ def _result_from_checkpoint(job_id: str, checkpoint: dict[str, Any], error: str)
             sheet = SheetState.from_record(record)
         except (KeyError, TypeError, ValueError):
             continue
-        sheets[sheet.num] = SheetResult(
-            sheet.num, sheet.status, sheet.attempts, sheet.cost, sheet.last_error, sheet.error_kind
-        )
+        sheets[sheet.num] = SheetResult.of(sheet)
     return JobResult(
         job_id,
         JobStatus.FAILED,

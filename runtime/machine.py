@@ -723,17 +723,7 @@ def job_result(state: JobState) -> JobResult:
         job_id=state.job_id,
         status=state.status,
         cost=state.cost,
-        sheets={
-            sheet.num: SheetResult(
-                num=sheet.num,
-                status=sheet.status,
-                attempts=sheet.attempts,
-                cost=sheet.cost,
-                error=sheet.last_error,
-                error_kind=sheet.error_kind,
-            )
-            for sheet in state.sheets
-        },
+        sheets={sheet.num: SheetResult.of(sheet) for sheet in state.sheets},
         name=state.plan.name,
     )
 

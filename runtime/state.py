@@ -231,6 +231,12 @@ class SheetResult:
     error: str | None
     error_kind: str | None
 
+    @classmethod
+    def of(cls, sheet: SheetState) -> SheetResult:
+        return cls(
+            sheet.num, sheet.status, sheet.attempts, sheet.cost, sheet.last_error, sheet.error_kind
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class JobResult:
