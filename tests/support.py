@@ -26,7 +26,8 @@ from loguru import logger
 import runtime
 from runtime.clock import ManualClock
 from runtime.events import Event
-from runtime.score import Score
+from runtime.plan import Plan, build_plan
+from runtime.score import Score, score_from_mapping
 
 WAIT_SECONDS = 20.0
 
@@ -119,6 +120,18 @@ def captured_logs(level: str) -> Iterator[list[str]]:
         yield messages
     finally:
         logger.remove(sink)
+
+
+def plan_of(workspace: Path, sheet: Mapping[str, Any], **extra: Any) -> Plan:
+    """The plan of a minimal score with this ``sheet`` section (and ``extra`` keys)."""
+    data = {
+        "name": "demo",
+        "workspace": str(workspace),
+        "sheet": dict(sheet),
+        "prompt": {"template": "x"},
+        **extra,
+    }
+    return build_plan(score_from_mapping(data, base_dir=workspace, source_name="<test>"))
 
 
 def subscribed(rt: runtime.Runtime) -> EventLog:

@@ -5,23 +5,12 @@ non-zero exit, a timeout or an error runs the sheet)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from support import plan_of
 
 from actors.sheet import evaluate_skip_command
 from runtime.conditions import skip_command_verdict, skip_when_verdict
-from runtime.plan import Plan, build_plan
 from runtime.prompts import sheet_variables
-from runtime.score import score_from_mapping
-
-
-def plan_of(workspace: Path, sheet: dict[str, Any]) -> Plan:
-    data = {
-        "name": "skip",
-        "workspace": str(workspace),
-        "sheet": sheet,
-        "prompt": {"template": "x"},
-    }
-    return build_plan(score_from_mapping(data, base_dir=workspace, source_name="<test>"))
 
 
 def test_S5_skip_when_over_the_sheet_variables(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ note, raw instruments)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import plan_of
 
-from runtime.plan import Plan, build_plan
+from runtime.plan import build_plan
 from runtime.prompts import (
     CompletionNote,
     PromptError,
@@ -18,17 +18,6 @@ from runtime.prompts import (
     sheet_variables,
 )
 from runtime.score import score_from_mapping
-
-
-def plan_of(workspace: Path, sheet: dict[str, Any], **extra: Any) -> Plan:
-    data = {
-        "name": "demo",
-        "workspace": str(workspace),
-        "sheet": sheet,
-        "prompt": {"template": "x"},
-        **extra,
-    }
-    return build_plan(score_from_mapping(data, base_dir=workspace, source_name="<test>"))
 
 
 def test_S33_built_in_variables_with_real_item_ranges(tmp_path: Path) -> None:
