@@ -333,16 +333,20 @@ class SheetActor(EnsembleActor):
             self._report(self._result(result))
             return
         self._execution = result
-        self._task = self.spawn_task(
-            functools.partial(
-                run_validations,
-                self._plan.validations,
-                prepared.variables,
-                workspace=self._plan.workspace,
-                mtimes_before=prepared.mtimes,
-                run_command=_command_runner(self._cancel_event or gevent.event.Event()),
-            )
+        validate = functools.partial(
+            run_validations,
+            self._plan.validations,
+            prepared.variables,
+            workspace=self._plan.workspace,
+            mtimes_before=prepared.mtimes,
+            run_command=_command_runner(self._cancel_event or gevent.event.Event()),
         )
+        if any(rule.type == "command_succeeds" for rule in self._plan.validations):
+            # Commands run through run_process, which needs the hub.
+            self._task = self.spawn_task(validate)
+        else:
+            # File checks read up to MAX_CONTENT_BYTES each: off the hub.
+            self._task = self.spawn_task(gevent.get_hub().threadpool.apply, validate)
 
     def _validated(self, done: TaskDone) -> None:
         execution = self._execution
