@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/plan_bench.py
 	$(BIN)/python bench/subprocess_fanout.py --sheets 200 --seconds 1 --concurrency 100
 	$(BIN)/python bench/subprocess_fanout.py --sheets 1000 --seconds 1 --concurrency 500
+	$(BIN)/python bench/process_floor.py --processes 1000 --seconds 1 --concurrency 500
 	$(BIN)/python bench/crash_torture.py --sheets 300 --kills 20
 
 clean:
