@@ -103,14 +103,20 @@ def append_and_sync(handle: BinaryIO, data: bytes, *, fsync: bool) -> None:
         raise
 
 
+def write_synced(path: Path, data: bytes) -> None:
+    """Write ``path`` whole and fsync it, in place: only for a file no reader
+    can see yet (in a job folder still being built under its hidden name)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def write_atomically(path: Path, data: bytes) -> None:
     """Temp file, fsync, rename, directory fsync: a reader sees the old or the new file."""
     temporary = path.with_name(path.name + ".tmp")
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_synced(temporary, data)
         os.replace(temporary, path)
     except OSError:
         # A full disk: give back the space the half-written copy took.
@@ -129,8 +135,14 @@ def sync_directory(path: Path) -> None:
         os.close(directory)
 
 
-def write_snapshot(job_dir: Path, checkpoint: dict[str, Any]) -> None:
-    write_atomically(job_dir / SNAPSHOT_FILE, orjson.dumps(checkpoint, option=orjson.OPT_INDENT_2))
+def write_snapshot(job_dir: Path, checkpoint: dict[str, Any], *, new_folder: bool = False) -> None:
+    """Write the readable snapshot; ``new_folder``: the job's folder is still
+    being built under its hidden name, so no temporary file is needed."""
+    data = orjson.dumps(checkpoint, option=orjson.OPT_INDENT_2)
+    if new_folder:
+        write_synced(job_dir / SNAPSHOT_FILE, data)
+    else:
+        write_atomically(job_dir / SNAPSHOT_FILE, data)
 
 
 @dataclass(frozen=True, slots=True)

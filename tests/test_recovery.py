@@ -524,7 +524,8 @@ def test_durability_setting_decides_whether_the_journal_is_fsynced(
     assert loaded.replayed_records >= 3
     journal_syncs = [path for path in synced if path.endswith(journal.JOURNAL_FILE)]
     assert bool(journal_syncs) is (durability == "fsync")
-    assert any(path.endswith(journal.SNAPSHOT_FILE + ".tmp") for path in synced)
+    # The first snapshot is written in the job's hidden folder, in place.
+    assert any(path.endswith(journal.SNAPSHOT_FILE) for path in synced)
     rt.stop()
 
     rt2 = rt_factory({"mock": ScriptedBackend()}, durability=durability, recover=True)
@@ -532,6 +533,39 @@ def test_durability_setting_decides_whether_the_journal_is_fsynced(
     result = recovered.wait(WAIT_SECONDS)
     assert result.status is J.COMPLETED
     assert {sheet.attempts for sheet in result.sheets.values()} == {2}
+
+
+def test_a_new_jobs_files_are_durable_before_its_folder_appears(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder is filled under a hidden name: both files and that folder are
+    fsynced, then the folder is renamed to the job id and the jobs folder
+    fsynced, so a power cut leaves the whole job or none of it."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    backend = ScriptedBackend(default=Hang())
+    rt = rt_factory({"mock": backend}, durability="process")  # no journal fsyncs
+    handle = rt.submit(make_score(sheets=1))
+    assert backend.wait_for_calls(1, WAIT_SECONDS)
+    jobs = rt.state_dir / "jobs"
+    hidden = Path(synced[0]).parent
+    assert hidden.parent == jobs and hidden.name.startswith(journal.TEMPORARY_PREFIX)
+    assert synced == [
+        str(hidden / journal.SCORE_FILE),
+        str(hidden / journal.SNAPSHOT_FILE),
+        str(hidden),
+        str(jobs),
+    ]
+    assert not hidden.exists()
+    assert sorted(path.name for path in (jobs / handle.job_id).iterdir()) == [
+        journal.SNAPSHOT_FILE, journal.JOURNAL_FILE, journal.SCORE_FILE,
+    ]  # fmt: skip
 
 
 def test_unknown_durability_setting_is_refused(tmp_path: Path) -> None:
