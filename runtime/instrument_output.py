@@ -29,7 +29,6 @@ Where patterns are searched (documented choices):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import re
@@ -314,11 +313,8 @@ def classify(
 ) -> Verdict:
     """The outcome of a run that ended on its own (not spawn error, timeout or cancel)."""
     stdout, stderr = _searchable(stdout), _searchable(stderr)
-    parsed = dataclasses.replace(
-        parsed,
-        other_text=_searchable(parsed.other_text),
-        error=_searchable(parsed.error) if parsed.error else parsed.error,
-    )
+    other_text = _searchable(parsed.other_text)
+    parsed_error = _searchable(parsed.error) if parsed.error else ""
     succeeded = exit_code is not None and exit_code in errors.success_exit_codes
     streams = errors.rate_limit_streams
     if succeeded and not parsed.is_error:
@@ -326,25 +322,25 @@ def classify(
         if streams is None or "stderr" in streams:
             searched.append(stderr)
         if streams is None or "stdout" in streams:
-            searched.append(parsed.error or "")
-            searched.append(parsed.other_text)
+            searched.append(parsed_error)
+            searched.append(other_text)
             if streams is not None and output_format == "text":
                 searched.append(stdout)
         rate_limited = _rate_limit(errors, "\n".join(searched), now)
         return rate_limited or Verdict(OutcomeKind.SUCCESS)
 
     answer_is_error_text = output_format == "text" or parsed.is_error or not parsed.structured
-    stdout_text = stdout if answer_is_error_text else parsed.other_text
+    stdout_text = stdout if answer_is_error_text else other_text
     rate_text = "\n".join(
         part
         for stream, part in (("stderr", stderr), ("stdout", stdout_text))
         if streams is None or stream in streams
     )
-    error_text = "\n".join(part for part in (parsed.error or "", stderr, stdout_text) if part)
-    rate_limited = _rate_limit(errors, "\n".join((parsed.error or "", rate_text)), now)
+    error_text = "\n".join(part for part in (parsed_error, stderr, stdout_text) if part)
+    rate_limited = _rate_limit(errors, "\n".join((parsed_error, rate_text)), now)
     if rate_limited is not None:
         return rate_limited
-    detail = _detail(parsed.error or (parsed.result if parsed.is_error else None), stderr, stdout)
+    detail = _detail(parsed_error or (parsed.result if parsed.is_error else None), stderr, stdout)
     code = f"exit code {exit_code}" if exit_code is not None else "no exit status"
     auth = _search(compile_patterns(errors.auth_error_patterns), error_text)
     if auth is not None:

@@ -20,8 +20,9 @@ import pytest
 from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, in_hub_thread, wait_for_exit
 
 import runtime
-from actors.backends.cli import CliBackend, default_backends, run_cli_request
+from actors.backends.cli import CliBackend, default_backends, interpret_process, run_cli_request
 from actors.backends.http import HttpBackend
+from actors.process import ProcessResult
 from runtime.instrument_output import RESULT_KEEP_CHARS
 from runtime.instruments import (
     InstrumentProfile,
@@ -336,6 +337,34 @@ def test_invalid_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
     assert result.kind is K.SUCCESS
     assert result.stdout == "ok \ufffd\ufffd\ufffd \ufffd( end\n"
     assert result.stderr == "warn \ufffd\n"
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "timed_out", "spawn_error", "kind"),
+    [
+        (0, False, None, K.SUCCESS),
+        (1, False, None, K.FAILURE),
+        (None, True, None, K.TIMEOUT),
+        (None, False, "executable not found: claude", K.FAILURE),
+    ],
+    ids=["success", "failure", "timeout", "spawn-error"],
+)
+def test_an_attempt_lasts_as_long_as_its_process_ran(
+    tmp_path: Path, exit_code: int | None, timed_out: bool, spawn_error: str | None, kind: K
+) -> None:
+    process = ProcessResult(
+        exit_code=exit_code,
+        stdout=b"",
+        stderr=b"",
+        timed_out=timed_out,
+        cancelled=False,
+        duration_seconds=12.5,
+        stdout_truncated=False,
+        stderr_truncated=False,
+        spawn_error=spawn_error,
+    )
+    result = interpret_process(fake_profile(), request("x", tmp_path), process)
+    assert (result.kind, result.duration_seconds) == (kind, 12.5)
 
 
 # --- timeout and cancel (S13, S26) ---------------------------------------------------------

@@ -18,11 +18,9 @@ included (``actors.backends.http``).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import shutil
-import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -146,7 +144,6 @@ def run_cli_request(
             "ENSEMBLE_WORKSPACE": request.workspace,
         },
     )
-    started = time.monotonic()
     process = run_process(
         without_shell(command.argv, env.get("PATH", os.defpath)),
         cwd=request.workspace,
@@ -162,9 +159,8 @@ def run_cli_request(
         result: ExecutionResult = gevent.get_hub().threadpool.apply(
             interpret_process, (profile, request, process, secrets)
         )
-    else:
-        result = interpret_process(profile, request, process, secrets)
-    return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
+        return result
+    return interpret_process(profile, request, process, secrets)
 
 
 # Shell syntax: a script with none of these is one plain "program arg..." line.
@@ -256,7 +252,8 @@ def interpret_process(
     secrets: Sequence[str] = (),
     now: datetime | None = None,
 ) -> ExecutionResult:
-    """The ``ExecutionResult`` of a finished process; pure apart from the clock."""
+    """The ``ExecutionResult`` of a finished process, timed as the process ran;
+    pure apart from the clock."""
     assert profile.cli is not None
     stdout, stderr = decode_output(process.stdout), decode_output(process.stderr)
     stderr_tail = output_tail(stderr, STDERR_KEEP_CHARS, secrets)
@@ -267,7 +264,9 @@ def interpret_process(
                 f"; install it or set 'cli.command.executable' in the {profile.name!r} profile"
                 f" (run: ensemble instruments check {profile.name})"
             )
-        return ExecutionResult(kind=OutcomeKind.FAILURE, error=error)
+        return ExecutionResult(
+            kind=OutcomeKind.FAILURE, duration_seconds=process.duration_seconds, error=error
+        )
     if process.cancelled or process.timed_out:
         kind = OutcomeKind.CANCELLED if process.cancelled else OutcomeKind.TIMEOUT
         error = (
@@ -277,6 +276,7 @@ def interpret_process(
         )
         return ExecutionResult(
             kind=kind,
+            duration_seconds=process.duration_seconds,
             exit_code=process.exit_code,
             stdout=output_tail(stdout, RESULT_KEEP_CHARS, secrets),
             stderr=stderr_tail,
@@ -285,6 +285,7 @@ def interpret_process(
     if process.wait_error is not None:
         return ExecutionResult(
             kind=OutcomeKind.FAILURE,
+            duration_seconds=process.duration_seconds,
             stdout=output_tail(stdout, RESULT_KEEP_CHARS, secrets),
             stderr=stderr_tail,
             error=process.wait_error,
@@ -302,6 +303,7 @@ def interpret_process(
     answer = parsed.result if parsed.structured else stdout
     return ExecutionResult(
         kind=verdict.kind,
+        duration_seconds=process.duration_seconds,
         exit_code=process.exit_code,
         stdout=output_tail(answer, RESULT_KEEP_CHARS, secrets),
         stderr=stderr_tail,
