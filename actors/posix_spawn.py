@@ -55,7 +55,6 @@ _SYMBOLS = (
     "posix_spawn_file_actions_addchdir_np",
     "posix_spawn_file_actions_addclosefrom_np",
     "posix_spawnattr_init",
-    "posix_spawnattr_destroy",
     "posix_spawnattr_setflags",
     "posix_spawnattr_setsigmask",
     "posix_spawnattr_setsigdefault",
@@ -84,6 +83,17 @@ class _Libc:
         self.held.sigemptyset(self.default_signals)
         self.held.sigaddset(self.default_signals, signal.SIGPIPE)
         self.held.sigaddset(self.default_signals, signal.SIGXFSZ)
+        # The same for every child, and only read by posix_spawn: built once,
+        # shared by the spawn threads, never destroyed.
+        self.attributes = ctypes.create_string_buffer(_OPAQUE_BYTES)
+        flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSIGDEF
+        if (
+            self.held.posix_spawnattr_init(self.attributes)
+            or self.held.posix_spawnattr_setflags(self.attributes, ctypes.c_short(flags))
+            or self.held.posix_spawnattr_setsigmask(self.attributes, self.empty_mask)
+            or self.held.posix_spawnattr_setsigdefault(self.attributes, self.default_signals)
+        ):
+            raise OSError("cannot set up posix_spawn's attributes")
 
 
 _libc: _Libc | None = None
@@ -150,39 +160,27 @@ def spawn(
     lib = _lib()
     libc = lib.held
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
-    attributes = ctypes.create_string_buffer(_OPAQUE_BYTES)
     if libc.posix_spawn_file_actions_init(actions) != 0:
         raise OSError(errno.ENOMEM, "posix_spawn_file_actions_init failed")
     try:
-        if libc.posix_spawnattr_init(attributes) != 0:
-            raise OSError(errno.ENOMEM, "posix_spawnattr_init failed")
-        try:
-            error = 0
-            for source, target in ((stdin_fd, 0), (stdout_fd, 1), (stderr_fd, 2)):
-                error = error or libc.posix_spawn_file_actions_adddup2(actions, source, target)
-            if cwd is not None:
-                error = error or libc.posix_spawn_file_actions_addchdir_np(
-                    actions, os.fsencode(cwd)
-                )
-            error = error or libc.posix_spawn_file_actions_addclosefrom_np(actions, 3)
-            flags = _POSIX_SPAWN_SETSID | _POSIX_SPAWN_SETSIGMASK | _POSIX_SPAWN_SETSIGDEF
-            error = error or libc.posix_spawnattr_setflags(attributes, ctypes.c_short(flags))
-            error = error or libc.posix_spawnattr_setsigmask(attributes, lib.empty_mask)
-            error = error or libc.posix_spawnattr_setsigdefault(attributes, lib.default_signals)
-            if error:
-                raise OSError(error, os.strerror(error))
-            c_argv = (ctypes.c_char_p * (len(argv) + 1))(*map(os.fsencode, argv), None)
-            c_env = (ctypes.c_char_p * (len(env) + 1))(
-                *(os.fsencode(f"{name}={value}") for name, value in env.items()), None
-            )
-            pid = ctypes.c_int()
-            error = lib.released.posix_spawn(
-                ctypes.byref(pid), os.fsencode(executable), actions, attributes, c_argv, c_env
-            )
-            if error:
-                raise OSError(error, os.strerror(error))
-            return pid.value
-        finally:
-            libc.posix_spawnattr_destroy(attributes)
+        error = 0
+        for source, target in ((stdin_fd, 0), (stdout_fd, 1), (stderr_fd, 2)):
+            error = error or libc.posix_spawn_file_actions_adddup2(actions, source, target)
+        if cwd is not None:
+            error = error or libc.posix_spawn_file_actions_addchdir_np(actions, os.fsencode(cwd))
+        error = error or libc.posix_spawn_file_actions_addclosefrom_np(actions, 3)
+        if error:
+            raise OSError(error, os.strerror(error))
+        c_argv = (ctypes.c_char_p * (len(argv) + 1))(*map(os.fsencode, argv), None)
+        c_env = (ctypes.c_char_p * (len(env) + 1))(
+            *(os.fsencode(f"{name}={value}") for name, value in env.items()), None
+        )
+        pid = ctypes.c_int()
+        error = lib.released.posix_spawn(
+            ctypes.byref(pid), os.fsencode(executable), actions, lib.attributes, c_argv, c_env
+        )
+        if error:
+            raise OSError(error, os.strerror(error))
+        return pid.value
     finally:
         libc.posix_spawn_file_actions_destroy(actions)
