@@ -20,9 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from loguru import logger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from runtime.config_yaml import duplicate_notes, located_validation_error, parse_yaml
 from runtime.errors import ProfileError
 from runtime.score_extras import check_regex
 
@@ -48,7 +49,6 @@ BASE_ENVIRONMENT: tuple[str, ...] = (
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 
 # libyaml's safe loader when PyYAML was built with it: ten times faster.
-_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 class _Model(BaseModel):
@@ -307,48 +307,27 @@ def load_profile_file(path: Path) -> InstrumentProfile:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ProfileError(f"cannot read instrument profile: {exc}", source=str(path)) from None
-    try:
-        data = yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ProfileError(
-            f"invalid YAML: {problem}",
-            source=str(path),
-            line=mark.line + 1 if mark is not None else None,
-        ) from None
+    data, lines, duplicates = parse_yaml(text, source_name=str(path), error=ProfileError)
     if not isinstance(data, Mapping):
         raise ProfileError("an instrument profile must be a YAML mapping", source=str(path))
-    return profile_from_mapping(data, source=str(path))
+    for note in duplicate_notes(duplicates):
+        logger.warning("{}: {}", path, note)
+    return profile_from_mapping(data, source=str(path), lines=lines)
 
 
 def profile_from_mapping(
-    data: Mapping[str, Any], *, source: str = "<profile>"
+    data: Mapping[str, Any],
+    *,
+    source: str = "<profile>",
+    lines: Mapping[tuple[Any, ...], int] | None = None,
 ) -> InstrumentProfile:
+    """Validate a profile; ``lines`` (from ``parse_yaml``) put a line in its errors."""
     try:
         return InstrumentProfile.model_validate(dict(data))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        key_path = ".".join(str(part) for part in first["loc"]) or None
-        message = _describe(first)
-        more = len(exc.errors()) - 1
-        if more:
-            message += f" (and {more} more problem{'s' if more > 1 else ''})"
-        raise ProfileError(message, key_path=key_path, source=source) from None
-
-
-def _describe(error: Mapping[str, Any]) -> str:
-    kind = error.get("type", "")
-    if kind == "extra_forbidden":
-        return "unknown key; remove it or check its spelling"
-    if kind == "missing":
-        return "required key is missing"
-    message = str(error.get("msg", "invalid value"))
-    message = message.removeprefix("Value error, ")
-    value = error.get("input")
-    if not isinstance(value, Mapping | list):
-        message += f" (got {value!r})"
-    return message
+        raise located_validation_error(
+            exc, data, source=source, lines=lines or {}, root=InstrumentProfile, error=ProfileError
+        ) from None
 
 
 # --- the command line and its environment -----------------------------------------

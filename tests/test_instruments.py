@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import captured_logs
 
 from runtime.errors import ProfileError
 from runtime.instruments import (
@@ -159,6 +160,48 @@ def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
         load_profiles([tmp_path])
 
     assert caught.value.line is not None
+
+
+def test_a_misspelt_key_names_its_line_and_the_key_it_may_mean(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "bad.yaml",
+        "name: x\nkind: cli\ncli:\n  command:\n    executable: x\n    promt_flag: -p\n",
+    )
+
+    with pytest.raises(ProfileError) as caught:
+        load_profiles([tmp_path])
+
+    assert (caught.value.source, caught.value.line) == (str(path), 6)
+    assert caught.value.key_path == "cli.command.promt_flag"
+    assert caught.value.message == "unknown key 'promt_flag'; did you mean 'prompt_flag'?"
+    assert str(caught.value).startswith(f"{path}:6: cli.command.promt_flag: unknown key")
+
+
+def test_a_repeated_key_in_a_profile_is_warned_about_and_the_last_wins(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "twice.yaml",
+        "name: x\ncli:\n  command:\n    executable: first\n    executable: second\n",
+    )
+
+    with captured_logs("WARNING") as warnings:
+        profiles = load_profiles([tmp_path])
+
+    assert profiles["x"].cli is not None and profiles["x"].cli.command.executable == "second"
+    assert any(
+        "cli.command.executable: key appears more than once (line 5)" in line for line in warnings
+    )
+
+
+def test_a_profile_that_expands_through_aliases_is_refused(tmp_path: Path) -> None:
+    lines = ["name: x", "cli: {command: {executable: x}}", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 9):
+        lines.append(f"a{level}: &a{level} [{', '.join([f'*a{level - 1}'] * 10)}]")
+    write(tmp_path, "bomb.yaml", "\n".join(lines) + "\n")
+
+    with pytest.raises(ProfileError, match="through YAML aliases"):
+        load_profiles([tmp_path])
 
 
 def test_a_profile_must_be_a_mapping(tmp_path: Path) -> None:
