@@ -746,9 +746,7 @@ def _pause_reason(state: JobState) -> str | None:
         return f"storage: {state.storage_error}"
     if state.status is not JobStatus.PAUSED:
         return None
-    if state.open_fermatas:
-        return "fermata"
-    return "cost" if state.paused_for_cost else "user"
+    return _pause_cause(state)
 
 
 def instrument_chain(state: JobState, sheet_num: int) -> tuple[str, ...]:
@@ -783,12 +781,23 @@ def _make_ready(state: JobState, sheet: SheetState, fx: Effects) -> None:
     state.ready_queue.append(sheet.num)
 
 
+def _pause_cause(state: JobState) -> str | None:
+    """What holds the job, the most pressing first when several do: a storage
+    error, an open fermata (S16, a decision is awaited), its cost (S24), the
+    user (S25). The job.paused event and progress both say this one."""
+    if state.storage_error:
+        return "storage"
+    if state.open_fermatas:
+        return "fermata"
+    if state.paused_for_cost:
+        return "cost"
+    if state.paused_by_user:
+        return "user"
+    return None
+
+
 def _held(state: JobState) -> bool:
-    """Something pauses the job: the user (S25), its cost (S24), an open
-    fermata (S16) or a storage error."""
-    return bool(
-        state.paused_by_user or state.paused_for_cost or state.open_fermatas or state.storage_error
-    )
+    return _pause_cause(state) is not None
 
 
 def _dispatch_blocked(state: JobState, now: float) -> bool:
@@ -809,10 +818,7 @@ def _update_pause(state: JobState, now: float, fx: Effects) -> None:
         if state.storage_error:
             _emit(state, fx, 0, ev.JOB_PAUSED, now, reason="storage", error=state.storage_error)
         else:
-            reason = (
-                "user" if state.paused_by_user else "cost" if state.paused_for_cost else "fermata"
-            )
-            _emit(state, fx, 0, ev.JOB_PAUSED, now, reason=reason)
+            _emit(state, fx, 0, ev.JOB_PAUSED, now, reason=_pause_cause(state))
     elif not paused and state.status is JobStatus.PAUSED:
         state.status = JobStatus.RUNNING
         fx.job_dirty = True

@@ -297,6 +297,29 @@ def test_S29_S16_fermata_stays_a_fermata_and_the_job_stays_paused() -> None:
     assert requested(decided) == [2]
 
 
+@pytest.mark.parametrize("paused_by_user", [True, False], ids=["user-too", "fermata-only"])
+def test_S29_S16_S25_a_job_held_for_two_reasons_names_one_in_its_event_and_progress(
+    paused_by_user: bool,
+) -> None:
+    """Recovered paused by the user with a fermata open: the job.paused event
+    and progress both name the fermata, the decision the job waits for."""
+    state, fx = recover(
+        [saved(1, S.FERMATA, attempts=4, retries_used=3, last_error="boom"), saved(2, S.PENDING)],
+        {"paused_by_user": paused_by_user},
+        sheets=2,
+        dependencies={2: [1]},
+        escalation=True,
+    )
+    assert state.paused_by_user is paused_by_user and state.open_fermatas == 1
+    paused = [e.data["reason"] for e in fx.events if e.event == ev.JOB_PAUSED]
+    assert paused == ["fermata"]
+    assert machine.job_progress(state).pause_reason == "fermata"
+    decided = Effects()
+    assert machine.resolve_fermata(state, 1, "accept", NOW, decided)
+    expected = "user" if paused_by_user else None
+    assert machine.job_progress(state).pause_reason == expected
+
+
 @pytest.mark.parametrize("reason", [SkipReason.CONDITION, SkipReason.USER])
 def test_S29_S1_sheet_skipped_by_condition_or_user_still_satisfies_its_dependents(
     reason: SkipReason,
