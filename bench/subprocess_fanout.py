@@ -6,7 +6,9 @@ reaping and draining child processes from the hub, leases, the journal.
 Persistence is on, with its default durability. Like bench/throughput.py and
 the ``ensemble`` command, it tunes the garbage collector before it starts the
 runtime (``runtime.gc_tuning``); ``--no-gc-tuning`` measures with CPython's
-defaults. Prints one JSON line:
+defaults. ``--scripted`` runs the same job on a scripted backend whose answers
+take SECONDS, without any process: the runtime's own share of the time
+(``bench/process_floor.py`` measures the processes' share). Prints one JSON line:
 {"sheets", "concurrency", "seconds", "ideal_seconds", "overhead_pct", "peak_rss_mb"}.
 
     python bench/subprocess_fanout.py --sheets 1000 --seconds 1 --concurrency 500
@@ -26,6 +28,7 @@ from typing import Any
 
 import runtime
 from runtime.gc_tuning import tune_for_long_runs
+from runtime.testing import ScriptedBackend, Succeed
 
 
 def build_score(sheets: int, seconds: float, concurrency: int, workspace: Path) -> dict[str, Any]:
@@ -50,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-gc-tuning", action="store_true", help="keep the garbage collector's defaults"
     )
+    parser.add_argument(
+        "--scripted",
+        action="store_true",
+        help="answer every sheet from a scripted backend after SECONDS, starting no process",
+    )
     args = parser.parse_args(argv)
     if not args.no_gc_tuning:
         tune_for_long_runs()
@@ -59,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         workspace = Path(tmp) / "workspace"
         workspace.mkdir()
         score = build_score(args.sheets, args.seconds, args.concurrency, workspace)
-        with runtime.start(Path(tmp) / "state", max_concurrent_sheets=args.concurrency) as rt:
+        backends = None
+        if args.scripted:
+            backends = {"cli": ScriptedBackend(default=Succeed(delay=args.seconds))}
+        with runtime.start(
+            Path(tmp) / "state", max_concurrent_sheets=args.concurrency, backends=backends
+        ) as rt:
             started = time.perf_counter()
             result = rt.submit(score).wait(timeout=600)
             seconds = time.perf_counter() - started

@@ -30,9 +30,11 @@ def run_bench(script: str, *arguments: str) -> dict[str, object]:
 
 
 @pytest.mark.timeout(150)
-def test_subprocess_fanout_prints_its_figures() -> None:
+@pytest.mark.parametrize("scripted", [False, True], ids=["processes", "scripted"])
+def test_subprocess_fanout_prints_its_figures(scripted: bool) -> None:
+    options = ["--scripted"] if scripted else []
     figures = run_bench(
-        "subprocess_fanout.py", "--sheets", "6", "--seconds", "0", "--concurrency", "3"
+        "subprocess_fanout.py", "--sheets", "6", "--seconds", "0", "--concurrency", "3", *options
     )
     assert set(figures) == {
         "sheets", "concurrency", "seconds", "ideal_seconds", "overhead_pct", "peak_rss_mb",
