@@ -22,6 +22,8 @@ It needs glibc 2.34 or later (``posix_spawn_file_actions_addchdir_np`` and
 caller uses Popen where it does not. It never explains a failure: ``spawn``
 raises an OSError with the bare errno, and the caller starts the child with
 Popen instead, whose error names the working directory or the executable.
+What C strings cannot carry (a NUL byte, '=' in a variable's name) is refused
+with Popen's own ValueError before anything starts, never cut short.
 """
 
 from __future__ import annotations
@@ -155,8 +157,10 @@ def spawn(
 
     The child runs in ``cwd`` in a new session, with the three descriptors
     as its standard streams (none of them may be 0, 1 or 2 here) and nothing
-    else open. Raises OSError(errno) if it could not be started.
+    else open. Raises OSError(errno) if it could not be started, and
+    ValueError for what no process can be given (see the module's docstring).
     """
+    _refuse_what_c_would_cut(executable, argv, env, cwd)
     lib = _lib()
     libc = lib.held
     actions = ctypes.create_string_buffer(_OPAQUE_BYTES)
@@ -184,3 +188,20 @@ def spawn(
         return pid.value
     finally:
         libc.posix_spawn_file_actions_destroy(actions)
+
+
+def _refuse_what_c_would_cut(
+    executable: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | os.PathLike[str] | None,
+) -> None:
+    """Raise Popen's ValueError where a C string would silently end early: a
+    NUL byte anywhere, or '=' in a variable's name (it would set another one)."""
+    texts = [executable, *argv, *env.keys(), *env.values()]
+    if cwd is not None:
+        texts.append(os.fsdecode(cwd))
+    if any("\0" in text for text in texts):
+        raise ValueError("embedded null byte")
+    if any("=" in name for name in env):
+        raise ValueError("illegal environment variable name")

@@ -132,7 +132,7 @@ def run_process(
     started_at = time.monotonic()
     try:
         proc, pidfd = _start_off_the_hub(argv, cwd, env, with_stdin=stdin is not None)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         return ProcessResult(
             exit_code=None,
             stdout=b"",
@@ -437,7 +437,7 @@ class _Start:
         self.proc: _Child | None = None
         # Belongs to whoever owns ``proc``.
         self.pidfd: int | None = None
-        self.error: OSError | None = None
+        self.error: Exception | None = None
 
     def take(self) -> _Child | None:
         with self.lock:
@@ -552,7 +552,9 @@ def _start_in_thread(
     pidfd: int | None = None
     try:
         proc = _popen(argv, cwd, env, with_stdin)
-    except OSError as exc:
+    except Exception as exc:
+        # Whatever it is (also Popen's ValueError for a NUL byte, or a string
+        # that cannot be encoded): the caller must be woken to report it.
         start.error = exc
     else:
         # Done here rather than on the hub, whose time is the scarcer.
@@ -628,8 +630,14 @@ class _TailBuffer:
         return data
 
 
-def _describe_spawn_error(exc: OSError, executable: str, cwd: str | os.PathLike[str] | None) -> str:
+def _describe_spawn_error(
+    exc: OSError | ValueError, executable: str, cwd: str | os.PathLike[str] | None
+) -> str:
     """Say what could not be started and why, naming the executable or the cwd."""
+    if not isinstance(exc, OSError):
+        # Popen's words for what no process can be given: "embedded null byte",
+        # "illegal environment variable name", or an unencodable string.
+        return f"could not start {executable}: {exc}"
     # Popen reports a failed chdir with the cwd as the error's filename and a
     # failed exec with the executable's, so the filename tells them apart.
     cwd_text = os.fsdecode(cwd) if cwd is not None else None

@@ -183,6 +183,27 @@ def test_cwd_that_is_a_file(tmp_path: Path) -> None:
     assert result.spawn_error == f"working directory is not a directory: {a_file}"
 
 
+@pytest.mark.parametrize(
+    ("argv", "env", "error"),
+    [
+        (["echo", "keep\0dropped"], None, "embedded null byte"),
+        (["echo", "x"], {"PATH": os.defpath, "A=B": "c"}, "illegal environment variable name"),
+        (["echo", "\ud83d"], None, "surrogates not allowed"),
+    ],
+    ids=["nul-in-argument", "equals-in-name", "unencodable"],
+)
+def test_what_no_process_can_be_given_is_a_spawn_error_not_a_shortened_command(
+    argv: list[str], env: dict[str, str] | None, error: str
+) -> None:
+    """Both ways of starting refuse it in Popen's words, at once; nothing runs
+    with an argument cut at the NUL, and the caller is never left waiting."""
+    result = run(argv, env=env, timeout=RESULT_TIMEOUT)
+
+    assert result.exit_code is None and result.stdout == b""
+    assert result.spawn_error is not None
+    assert result.spawn_error.startswith("could not start echo: ") and error in result.spawn_error
+
+
 def test_executable_without_permission(tmp_path: Path) -> None:
     script = tmp_path / "script.sh"
     script.write_text("#!/bin/sh\necho hi\n")
