@@ -12,7 +12,7 @@ It never calls back into a job: it only sets the ``done`` future it was given
 from __future__ import annotations
 
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -250,26 +250,63 @@ def _in_thread(function: Any, *args: Any) -> Any:
 def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, Any]) -> BinaryIO:
     """Create a job's folder whole or not at all: it is filled under a hidden
     temporary name and renamed into place, so a crash in the middle never leaves
-    a folder without a checkpoint that holds the job id but cannot be resumed."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    a folder without a checkpoint that holds the job id but cannot be resumed,
+    and a refusal is never reported for a job that exists."""
+    jobs = directory.parent
+    if not jobs.is_dir():
+        jobs.mkdir(parents=True, exist_ok=True)
+        # A new jobs folder must be durable too, or a power cut could lose the
+        # first job even though its creation was acknowledged.
+        journal.sync_directory(jobs.parent)
     if directory.exists():
         raise FileExistsError(directory)  # the job id is taken
-    building = Path(tempfile.mkdtemp(prefix=journal.TEMPORARY_PREFIX, dir=directory.parent))
+    # Not tempfile.mkdtemp: its mode 0700 would stay on the job's folder.
+    building = jobs / f"{journal.TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+    building.mkdir()
+    handle: BinaryIO | None = None
     try:
         # Nobody reads the hidden folder: each file is written in place and
         # fsynced, then one fsync of the folder makes all three entries
         # durable before the rename shows the job (4 fsyncs, not 6).
         journal.write_synced(building / journal.SCORE_FILE, orjson.dumps(score))
         journal.write_snapshot(building, checkpoint, new_folder=True)
-        (building / journal.JOURNAL_FILE).touch()  # empty: the folder's fsync covers it
+        # Opened (and so created) now: once the job is visible nothing may fail
+        # for want of a descriptor while hundreds of children hold theirs.
+        handle = journal.open_journal(building)
         journal.sync_directory(building)
         building.rename(directory)
-        journal.sync_directory(directory.parent)
     except OSError:
+        if handle is not None:
+            handle.close()
         shutil.rmtree(building, ignore_errors=True)
         raise
-    # Opened under the job's own name (its error messages say where it is).
-    return journal.open_journal(directory)
+    try:
+        journal.sync_directory(jobs)
+    except OSError:
+        # The rename may not be durable: take the job back, so that the
+        # refusal the caller reports is true.
+        handle.close()
+        _take_back(directory)
+        raise
+    # The descriptor followed the rename; open it again under the job's own
+    # name for the messages that quote it (keep the first if that fails).
+    try:
+        named = journal.open_journal(directory)
+    except OSError:
+        return handle
+    handle.close()
+    return named
+
+
+def _take_back(directory: Path) -> None:
+    """Hide and delete a job folder whose creation is being reported as failed."""
+    hidden = directory.parent / f"{journal.TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+    try:
+        directory.rename(hidden)
+    except OSError as exc:
+        logger.critical("could not take back the half-created job folder {}: {}", directory, exc)
+        return
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 def _write_journals(

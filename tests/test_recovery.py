@@ -554,18 +554,24 @@ def test_a_new_jobs_files_are_durable_before_its_folder_appears(
     handle = rt.submit(make_score(sheets=1))
     assert backend.wait_for_calls(1, WAIT_SECONDS)
     jobs = rt.state_dir / "jobs"
-    hidden = Path(synced[0]).parent
+    hidden = Path(synced[1]).parent
     assert hidden.parent == jobs and hidden.name.startswith(journal.TEMPORARY_PREFIX)
     assert synced == [
+        str(rt.state_dir),  # the first job made the jobs folder: it is made durable too
         str(hidden / journal.SCORE_FILE),
         str(hidden / journal.SNAPSHOT_FILE),
         str(hidden),
         str(jobs),
     ]
     assert not hidden.exists()
-    assert sorted(path.name for path in (jobs / handle.job_id).iterdir()) == [
+    job_dir = jobs / handle.job_id
+    assert sorted(path.name for path in job_dir.iterdir()) == [
         journal.SNAPSHOT_FILE, journal.JOURNAL_FILE, journal.SCORE_FILE,
     ]  # fmt: skip
+    # The folder gets the process's usual mode (the umask), not a temporary folder's 0700.
+    probe = rt.state_dir / "probe"
+    probe.mkdir()
+    assert job_dir.stat().st_mode & 0o777 == probe.stat().st_mode & 0o777
 
 
 def test_unknown_durability_setting_is_refused(tmp_path: Path) -> None:

@@ -200,6 +200,38 @@ def test_job_files_that_cannot_be_created_refuse_the_submit_and_free_the_job_id(
     assert rt.submit(make_score(sheets=1), job_id="full").wait(WAIT_SECONDS).status is J.COMPLETED
 
 
+@pytest.mark.parametrize("step", ["open_journal", "sync_directory"])
+def test_a_refused_submit_leaves_no_job_behind_even_when_the_last_step_fails(
+    rt_factory: RuntimeFactory,
+    make_score: ScoreFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    step: str,
+) -> None:
+    """Out of descriptors when the journal is opened, or the jobs folder's fsync
+    failing after the rename: the submit is refused, and no folder is left that
+    a later start would recover and run although its submit was refused."""
+    rt = rt_factory({"mock": ScriptedBackend()})
+    jobs = rt.state_dir / "jobs"
+    jobs.mkdir(parents=True, exist_ok=True)
+    real = getattr(journal, step)
+    failed: list[str] = []
+
+    def fail_once(path: Path, *args: Any) -> Any:
+        if not failed and (step == "open_journal" or path == jobs):
+            failed.append(str(path))
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real(path, *args)
+
+    monkeypatch.setattr(journal, step, fail_once)
+    with pytest.raises(PersistenceError, match="Too many open files"):
+        rt.submit(make_score(sheets=1), job_id="refused")
+    assert failed
+    assert sorted(path.name for path in jobs.iterdir()) == []
+    assert rt.submit(make_score(sheets=1), job_id="refused").wait(WAIT_SECONDS).status is (
+        J.COMPLETED
+    )
+
+
 def test_recovery_that_cannot_write_its_fresh_snapshot_is_a_recovery_error(
     rt_factory: RuntimeFactory,
     make_score: ScoreFactory,
