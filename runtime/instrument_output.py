@@ -140,7 +140,7 @@ def _json_document(stdout: str) -> tuple[Any, str]:
     if not stripped:
         return None, ""
     try:
-        return json.loads(stripped), ""
+        return _json_loads(stripped), ""
     except ValueError:
         pass
     lines = stdout.splitlines()
@@ -149,7 +149,7 @@ def _json_document(stdout: str) -> tuple[Any, str]:
         if not line.startswith(("{", "[")):
             continue
         try:
-            document = json.loads(line)
+            document = _json_loads(line)
         except ValueError:
             continue
         return document, "\n".join(lines[:index] + lines[index + 1 :])
@@ -164,7 +164,7 @@ def _parse_jsonl(output: CliOutput, stdout: str) -> ParsedOutput:
         if not stripped:
             continue
         try:
-            events.append(json.loads(stripped))
+            events.append(_json_loads(stripped))
         except ValueError:
             other.append(line)
     if not events:
@@ -240,11 +240,24 @@ def _first_text(document: Any, path: str | None) -> str | None:
     return None
 
 
+def _json_loads(text: str) -> Any:
+    """``json.loads``; a document nested too deeply to parse is not JSON either."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _is_number(value: Any) -> bool:
+    """A finite JSON number (json.loads also reads NaN, Infinity and 1e400)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _number(document: Any, path: str | None) -> float | None:
     if not path:
         return None
     for value in json_path(document, path):
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if _is_number(value):
             return float(value)
     return None
 
@@ -252,11 +265,7 @@ def _number(document: Any, path: str | None) -> float | None:
 def _tokens(document: Any, path: str | None, aggregate: bool) -> int | None:
     if not path:
         return None
-    counts = [
-        int(value)
-        for value in json_path(document, path)
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    ]
+    counts = [int(value) for value in json_path(document, path) if _is_number(value)]
     if not counts:
         return None
     return sum(counts) if aggregate else counts[0]
@@ -601,7 +610,7 @@ def interpret_chat_response(
     capacity_wait = http.capacity_wait_seconds if http is not None else 60.0
     document: Any = None
     try:
-        document = json.loads(body) if body.strip() else None
+        document = _json_loads(body) if body.strip() else None
     except ValueError:
         document = None
     message = _first_text(document, "error.message") or _first_text(document, "error")
@@ -612,6 +621,9 @@ def interpret_chat_response(
             return ChatOutcome(
                 Verdict(OutcomeKind.FAILURE, f"HTTP {status} but the body is not JSON: {detail}")
             )
+        if message is not None and not json_path(document, "choices"):
+            # Some servers answer an error with 200 and no choices.
+            return ChatOutcome(Verdict(OutcomeKind.FAILURE, f"HTTP {status}: {detail}"))
         answer = _first_text(document, "choices.0.message.content") or ""
         return ChatOutcome(
             Verdict(OutcomeKind.SUCCESS),

@@ -183,6 +183,32 @@ def test_jsonl_with_result_path_and_event_level_filter() -> None:
     assert parse_output(cline, cline_out).result == "finished"
 
 
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_numbers_json_cannot_hold_are_ignored_not_fatal(number: str) -> None:
+    """Python's json reads NaN, Infinity and overflowing numbers: none of them is
+    a token count or a cost, so the attempt is costed from what is left."""
+    usage = f'"usage": {{"input_tokens": {number}, "output_tokens": 1000}}'
+    stdout = f'{{"result": "ok", "total_cost_usd": {number}, {usage}}}'
+    parsed = parse_output(CLAUDE_OUTPUT, stdout)
+    assert (parsed.result, parsed.input_tokens, parsed.output_tokens) == ("ok", None, 1000)
+    assert parsed.reported_cost is None
+    assert attempt_cost(CLAUDE, "claude-sonnet-4-5", parsed) == pytest.approx(0.015)
+    answer = '"choices": [{"message": {"content": "hi"}}]'
+    body = f'{{{answer}, "usage": {{"prompt_tokens": {number}}}}}'
+    outcome = interpret_chat_response(OLLAMA, 200, {}, body, NOW)
+    assert (outcome.verdict.kind, outcome.answer, outcome.input_tokens) == (K.SUCCESS, "hi", None)
+
+
+def test_json_nested_too_deeply_to_parse_is_text() -> None:
+    deep = "[" * 100_000
+    parsed = parse_output(CLAUDE_OUTPUT, deep)
+    assert (parsed.structured, parsed.result) == (False, deep)
+    codex = BUILTINS["codex-cli"].cli
+    assert codex is not None
+    assert parse_output(codex.output, '{"a":' * 50_000).structured is False
+    assert interpret_chat_response(OLLAMA, 500, {}, deep, NOW).verdict.kind is K.FAILURE
+
+
 def test_text_output_is_the_answer() -> None:
     parsed = parse_output(CliOutput(), "plain answer\n")
 
@@ -458,6 +484,7 @@ def test_chat_success_gives_the_answer_and_tokens() -> None:
         (503, {"retry-after": "5"}, "busy", K.RATE_LIMITED, 5),
         (404, {}, '{"error": {"message": "model not found"}}', K.FAILURE, None),
         (200, {}, "not json", K.FAILURE, None),
+        (200, {}, '{"error": {"message": "model not found"}}', K.FAILURE, None),
     ],
 )
 def test_S17_chat_error_statuses(
