@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -54,6 +54,11 @@ SEARCH_LINE_CHARS = 2048
 
 # How much of an error is quoted in the attempt's error message.
 ERROR_DETAIL_CHARS = 500
+
+# Text is redacted before it is cut, over this much more than is kept, so that
+# a credential crossing the cut is still seen whole: longer than any key format
+# ``runtime.redaction`` knows (an RSA-4096 private key block is about 3.3 KB).
+REDACTION_MARGIN_CHARS = 4096
 
 
 # --- output -------------------------------------------------------------------------
@@ -319,11 +324,20 @@ def classify(
     parsed: ParsedOutput,
     output_format: str,
     now: datetime,
+    secrets: Sequence[str] = (),
 ) -> Verdict:
-    """The outcome of a run that ended on its own (not spawn error, timeout or cancel)."""
-    stdout, stderr = _searchable(stdout), _searchable(stderr)
-    other_text = _searchable(parsed.other_text)
-    parsed_error = _searchable(parsed.error) if parsed.error else ""
+    """The outcome of a run that ended on its own (not spawn error, timeout or cancel).
+
+    Every text is redacted (``secrets`` and known key formats) before it is
+    cut for searching or quoting, so no part of a credential reaches the
+    verdict's error message."""
+    stdout = _searchable(_redacted_end(stdout, SEARCH_CHARS, secrets))
+    stderr = _searchable(_redacted_end(stderr, SEARCH_CHARS, secrets))
+    other_text = _searchable(_redacted_end(parsed.other_text, SEARCH_CHARS, secrets))
+    parsed_error = (
+        _searchable(_redacted_end(parsed.error, SEARCH_CHARS, secrets)) if parsed.error else ""
+    )
+    result_text = _redacted_end(parsed.result, ERROR_DETAIL_CHARS, secrets)
     succeeded = exit_code is not None and exit_code in errors.success_exit_codes
     streams = errors.rate_limit_streams
     if succeeded and not parsed.is_error:
@@ -349,7 +363,7 @@ def classify(
     rate_limited = _rate_limit(errors, "\n".join((parsed_error, rate_text)), now)
     if rate_limited is not None:
         return rate_limited
-    detail = _detail(parsed_error or (parsed.result if parsed.is_error else None), stderr, stdout)
+    detail = _detail(parsed_error or (result_text if parsed.is_error else None), stderr, stdout)
     code = f"exit code {exit_code}" if exit_code is not None else "no exit status"
     auth = _search(compile_patterns(errors.auth_error_patterns), error_text)
     if auth is not None:
@@ -603,9 +617,11 @@ def interpret_chat_response(
     headers: Mapping[str, str],
     body: str,
     now: datetime,
+    secrets: Sequence[str] = (),
 ) -> ChatOutcome:
     """Classify an HTTP answer: 2xx success, 429 rate limit (Retry-After, else
-    the message), 401/403 authentication, 502/503/504/529 capacity, else failure."""
+    the message), 401/403 authentication, 502/503/504/529 capacity, else failure.
+    The error quoted is redacted before it is cut (see ``classify``)."""
     http = profile.http
     capacity_wait = http.capacity_wait_seconds if http is not None else 60.0
     document: Any = None
@@ -614,7 +630,8 @@ def interpret_chat_response(
     except ValueError:
         document = None
     message = _first_text(document, "error.message") or _first_text(document, "error")
-    detail = _shorten((message or body).strip(), from_end=True) or f"HTTP {status}"
+    quoted = _redacted_end((message or body).strip(), ERROR_DETAIL_CHARS, secrets)
+    detail = _shorten(quoted.strip(), from_end=True) or f"HTTP {status}"
     lowered = {name.lower(): value for name, value in headers.items()}
     if 200 <= status < 300:
         if not isinstance(document, Mapping):
@@ -667,16 +684,22 @@ OFF_HUB_BYTES = 512 * 1024
 
 
 def output_tail(text: str, max_chars: int, secrets: Iterable[str] = ()) -> str:
-    """The last ``max_chars`` of ``text``, credentials redacted.
-
-    Redacts a little more than it keeps, so that a secret cut in half at the
-    border is still recognised, then cuts.
-    """
+    """The last ``max_chars`` of ``text``, credentials redacted."""
     if max_chars <= 0:
         return ""
-    window = text[-(max_chars + 256) :]
-    redacted = redact(window, secrets)
-    return redacted[-max_chars:]
+    return _redacted_end(text, max_chars, secrets)[-max_chars:]
+
+
+def _redacted_end(text: str, keep: int, secrets: Iterable[str] = ()) -> str:
+    """The end of ``text`` that holds its last ``keep`` characters and any
+    credential reaching into them, redacted; the caller cuts what it keeps.
+
+    A credential that crosses the cut starts at most its own length before
+    the kept part, so the window reaches back by more than the longest one.
+    """
+    secrets = list(secrets)
+    margin = max([REDACTION_MARGIN_CHARS, *(len(secret) + 1 for secret in secrets)])
+    return redact(text[-(keep + margin) :], secrets)
 
 
 __all__ = [

@@ -531,3 +531,47 @@ def test_output_tail_keeps_the_end_redacted() -> None:
     assert tail.endswith("API_KEY=[REDACTED] end")
     assert len(tail) == 40
     assert output_tail("abc", 0) == ""
+
+
+def fragments_of(secret: str, text: str, shortest: int = 8) -> list[str]:
+    """Pieces of ``secret`` (at least ``shortest`` characters) found in ``text``."""
+    return [
+        secret[start : start + shortest]
+        for start in range(len(secret) - shortest + 1)
+        if secret[start : start + shortest] in text
+    ]
+
+
+def test_a_credential_crossing_the_cut_of_a_tail_leaves_no_piece_in_it() -> None:
+    """A session token (claude-code passes AWS_SESSION_TOKEN) longer than what
+    is kept around the cut, and a private key block, each starting before the
+    kept tail and ending inside it."""
+    token = "IQoJb3JpZ2luX2Vj" + "Ab3dE" * 160
+    tail = output_tail("x" * 10_000 + "aws said: " + token + "\n" + "y" * 900, 1000, [token])
+    assert fragments_of(token, tail) == [] and len(tail) == 1000
+    body = "\n".join("MIIEpAIBAAKCAQEA" + "k7Qz" * 12 for _ in range(25))
+    key = f"-----BEGIN RSA PRIVATE KEY-----\n{body}\n-----END RSA PRIVATE KEY-----"
+    tail = output_tail("z" * 5000 + key + "\ndone\n", 1000)
+    assert "MIIEpAIBAAKCAQEA" not in tail and "PRIVATE KEY" not in tail
+    assert tail.endswith("[REDACTED]\ndone\n")
+
+
+def test_an_error_quoting_the_end_of_a_stream_quotes_no_piece_of_a_key() -> None:
+    """The error keeps the last 500 characters of stderr; a key just before
+    that cut is redacted first, not cut into an unrecognisable piece."""
+    key = "sk-ant-api03-" + "Q7fR2x" * 16
+    stderr = "Invalid API key: " + key + " " + "." * 450
+    verdict = classify(
+        CLAUDE_ERRORS,
+        exit_code=1,
+        stdout="",
+        stderr=stderr,
+        parsed=parse_output(CLAUDE_OUTPUT, ""),
+        output_format="json",
+        now=NOW,
+    )
+    assert verdict.kind is K.AUTH_FAILED
+    assert verdict.error is not None and fragments_of(key, verdict.error) == []
+    body = json.dumps({"error": {"message": "bad key " + key + " " + "." * 450}})
+    outcome = interpret_chat_response(OLLAMA, 401, {}, body, NOW, [key])
+    assert outcome.verdict.error is not None and fragments_of(key, outcome.verdict.error) == []

@@ -299,6 +299,7 @@ def interpret_process(
         parsed=parsed,
         output_format=profile.cli.output.format,
         now=now if now is not None else datetime.now(UTC),
+        secrets=secrets,
     )
     answer = parsed.result if parsed.structured else stdout
     return ExecutionResult(

@@ -238,7 +238,7 @@ def interpret_response(
     """The ``ExecutionResult`` of an answer that arrived; pure apart from the clock."""
     text = response.body.decode("utf-8", errors="replace")
     chat = interpret_chat_response(
-        profile, response.status, response.headers, text, datetime.now(UTC)
+        profile, response.status, response.headers, text, datetime.now(UTC), secrets
     )
     tokens = ParsedOutput(
         result=chat.answer, input_tokens=chat.input_tokens, output_tokens=chat.output_tokens
