@@ -482,9 +482,18 @@ _ISO_TIME = re.compile(
     re.IGNORECASE,
 )
 # "resets 5pm (Europe/Paris)", "resets at 5:30 pm", "resets at 17:00 (UTC)".
-_CLOCK_TIME = re.compile(
-    r"resets?\s*(?:at)?\s*(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>am|pm)?"
-    r"(?:\s*\((?P<zone>[A-Za-z_]+(?:/[A-Za-z_+-]+)*)\))?",
+_CLOCK = (
+    r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>am|pm)?"
+    r"(?:\s*\((?P<zone>[A-Za-z_]+(?:/[A-Za-z0-9_+-]+)*)\))?"
+)
+_CLOCK_TIME = re.compile(rf"resets?\s*(?:at)?\s*{_CLOCK}", re.IGNORECASE)
+# With a date: Claude's "resets Jul 27 at 4:30am (Asia/Calcutta)", Codex's
+# "try again at Aug 20, 2026, 7:38 AM".
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DATED_TIME = re.compile(
+    r"(?:resets?|again)\s*(?:at|on)?\s*(?P<month>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+    r"[a-z]*\.?\s+(?P<day>\d{1,2})(?:st|nd|rd|th)?(?:,?\s*(?P<year>\d{4}))?,?\s*(?:at\s*)?"
+    + _CLOCK,
     re.IGNORECASE,
 )
 # Claude's "usage limit reached|1750000000": the reset as a Unix time.
@@ -497,8 +506,11 @@ def parse_wait_seconds(text: str, now: datetime) -> float | None:
     Understands durations ("resets in 5 minutes", "retry after 30s", "try again
     in 1h 30m"), Retry-After style numbers, ISO times, clock times with an
     optional zone in parentheses ("resets 5pm (Europe/Paris)": the next such
-    time) and Unix times. ``now`` must be timezone-aware. With several waits
-    the longest is taken; the result is between 1 s and ``MAX_WAIT_SECONDS``.
+    time), the same with a date ("resets Jul 27 at 4:30am (Asia/Calcutta)",
+    "try again at Aug 20, 2026, 7:38 AM") and Unix times. A time without a
+    zone is in ``now``'s zone: pass the local time for a tool on this machine.
+    ``now`` must be timezone-aware. With several waits the longest is taken;
+    the result is between 1 s and ``MAX_WAIT_SECONDS``.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -517,8 +529,16 @@ def parse_wait_seconds(text: str, now: datetime) -> float | None:
             waits.append((moment - now).total_seconds())
     for match in _EPOCH.finditer(text):
         waits.append(float(match.group(1)) - now.timestamp())
+    for match in _DATED_TIME.finditer(text):
+        moment = _dated_time(match, now)
+        if moment is not None:
+            waits.append((moment - now).total_seconds())
     for match in _CLOCK_TIME.finditer(text):
-        if _ISO_TIME.match(text, match.start()) or _EPOCH.match(text, match.start()):
+        if (
+            _ISO_TIME.match(text, match.start())
+            or _EPOCH.match(text, match.start())
+            or _DATED_TIME.match(text, match.start())
+        ):
             continue
         moment = _next_clock_time(match, now)
         if moment is not None:
@@ -538,7 +558,9 @@ def _iso_time(text: str, now: datetime) -> datetime | None:
     return moment
 
 
-def _next_clock_time(match: re.Match[str], now: datetime) -> datetime | None:
+def _clock(match: re.Match[str], now: datetime) -> tuple[int, int, Any] | None:
+    """The hour, minute and zone a ``_CLOCK`` match names (the zone of ``now``
+    when it names none); None when it is no time of day."""
     hour = int(match.group("hour"))
     minute = int(match.group("minute") or 0)
     ampm = (match.group("ampm") or "").lower()
@@ -556,6 +578,35 @@ def _next_clock_time(match: re.Match[str], now: datetime) -> datetime | None:
             zone = ZoneInfo(match.group("zone"))
         except (ZoneInfoNotFoundError, ValueError):
             zone = now.tzinfo
+    return hour, minute, zone
+
+
+def _dated_time(match: re.Match[str], now: datetime) -> datetime | None:
+    """The moment a dated reset names; without a year, the next such date."""
+    clock = _clock(match, now)
+    if clock is None:
+        return None
+    hour, minute, zone = clock
+    month = _MONTHS.index(match.group("month").lower()[:3]) + 1
+    local_now = now.astimezone(zone)
+    year = int(match.group("year") or local_now.year)
+    try:
+        moment = local_now.replace(
+            year=year, month=month, day=int(match.group("day")), hour=hour, minute=minute,
+            second=0, microsecond=0,
+        )  # fmt: skip
+        if match.group("year") is None and moment < local_now - timedelta(days=1):
+            moment = moment.replace(year=year + 1)  # "Jan 2" said on Dec 30
+    except ValueError:
+        return None  # no such day ("Feb 30")
+    return moment
+
+
+def _next_clock_time(match: re.Match[str], now: datetime) -> datetime | None:
+    clock = _clock(match, now)
+    if clock is None:
+        return None
+    hour, minute, zone = clock
     local_now = now.astimezone(zone)
     moment = local_now.replace(hour=hour, minute=minute, second=0, microsecond=0)
     if moment <= local_now:

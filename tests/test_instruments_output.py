@@ -270,6 +270,24 @@ def test_S17_rate_limit_on_stdout_with_exit_0_is_rate_limited_with_its_wait() ->
     assert "Rate limit reached" in verdict.error
 
 
+@pytest.mark.parametrize(
+    ("stdout", "wait"),
+    [
+        ("You've hit your session limit · resets 3pm (America/Bogota)\n", 8 * 3600),
+        ("You've hit your weekly limit · resets Jun 13 at 4:30am (Asia/Calcutta)\n", 59 * 3600),
+        ("You've hit your limit · resets 1pm (UTC)\n", 3600),
+    ],
+    ids=["session", "weekly", "plain"],
+)
+def test_S17_claude_code_limit_messages_are_rate_limits_until_the_reset(
+    stdout: str, wait: float
+) -> None:
+    """Claude Code prints its usage limits as plain text, even with exit 0."""
+    verdict = run_verdict(CLAUDE_ERRORS, CLAUDE_OUTPUT, stdout, exit_code=0)
+
+    assert (verdict.kind, verdict.wait_seconds) == (K.RATE_LIMITED, wait)
+
+
 def test_S17_rate_limit_on_stdout_with_exit_1_waits_until_the_reset_time() -> None:
     stdout = "You've hit your limit · resets 5pm (Europe/Paris)\n"
 
@@ -408,6 +426,11 @@ def test_a_huge_error_output_is_classified_from_its_end() -> None:
         ("resets 12am (UTC)", 12 * 3600),
         ("resets in 400 days", MAX_WAIT_SECONDS),
         ("resets in 5 minutes, or retry after 30s", 300),  # the longest
+        # Dated resets: Claude's weekly limit, Codex's "try again at".
+        ("You've hit your weekly limit · resets Jun 11 at 4:30am (Asia/Calcutta)", 11 * 3600),
+        ("try again at Jun 12, 2025, 7:38 AM.", 43 * 3600 + 38 * 60),
+        ("resets Jan 2 at 9am (UTC)", MAX_WAIT_SECONDS),  # next January: capped
+        ("resets 5pm (Etc/GMT+5)", 10 * 3600),  # zones with digits (GMT+5 is UTC-5)
     ],
 )
 def test_S17_wait_parsed_from_messages(text: str, seconds: float) -> None:

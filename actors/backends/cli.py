@@ -22,7 +22,7 @@ import functools
 import os
 import shutil
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import gevent
@@ -298,7 +298,8 @@ def interpret_process(
         stderr=stderr,
         parsed=parsed,
         output_format=profile.cli.output.format,
-        now=now if now is not None else datetime.now(UTC),
+        # The tool prints a reset time without a zone in this machine's local time.
+        now=now if now is not None else datetime.now().astimezone(),
         secrets=secrets,
     )
     answer = parsed.result if parsed.structured else stdout

@@ -25,7 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -238,7 +238,7 @@ def interpret_response(
     """The ``ExecutionResult`` of an answer that arrived; pure apart from the clock."""
     text = response.body.decode("utf-8", errors="replace")
     chat = interpret_chat_response(
-        profile, response.status, response.headers, text, datetime.now(UTC), secrets
+        profile, response.status, response.headers, text, datetime.now().astimezone(), secrets
     )
     tokens = ParsedOutput(
         result=chat.answer, input_tokens=chat.input_tokens, output_tokens=chat.output_tokens
