@@ -20,6 +20,11 @@ Where patterns are searched (documented choices):
   stdout, never the answer itself, which may legitimately talk about rate
   limits. A profile's ``rate_limit_streams`` narrows the streams; naming
   ``stdout`` there for a text tool searches its whole stdout.
+* A structured (JSON) answer settles a successful exit: nothing else is
+  searched, since a tool that retried past a rate limit and then answered
+  succeeded. The reverse holds too: structured output with an error and no
+  answer is a failure even after exit 0.
+* Every text is redacted before it is cut for searching or quoting.
 * Capacity (overload, 503) is treated as a short rate limit: RATE_LIMITED with
   the wait the message gives, else the profile's ``capacity_wait_seconds``
   (60 s by default). An overloaded service is overloaded for every sheet, so
@@ -340,7 +345,17 @@ def classify(
     result_text = _redacted_end(parsed.result, ERROR_DETAIL_CHARS, secrets)
     succeeded = exit_code is not None and exit_code in errors.success_exit_codes
     streams = errors.rate_limit_streams
+    answered = parsed.structured and bool(parsed.result.strip())
+    if succeeded and parsed.structured and not answered and parsed_error:
+        # An error event and no answer (codex exec can exit 0 after a failed
+        # turn): the run failed, whatever its exit code says.
+        succeeded = False
     if succeeded and not parsed.is_error:
+        if answered:
+            # The tool gave its answer: a rate limit it hit and retried on the
+            # way (Gemini logs "Attempt 1 failed with status 429. Retrying")
+            # is history, not the outcome.
+            return Verdict(OutcomeKind.SUCCESS)
         searched = []
         if streams is None or "stderr" in streams:
             searched.append(stderr)

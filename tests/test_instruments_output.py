@@ -598,3 +598,68 @@ def test_an_error_quoting_the_end_of_a_stream_quotes_no_piece_of_a_key() -> None
     body = json.dumps({"error": {"message": "bad key " + key + " " + "." * 450}})
     outcome = interpret_chat_response(OLLAMA, 401, {}, body, NOW, [key])
     assert outcome.verdict.error is not None and fragments_of(key, outcome.verdict.error) == []
+
+
+def cli_of(name: str) -> Any:
+    cli = BUILTINS[name].cli
+    assert cli is not None
+    return cli
+
+
+def test_a_structured_answer_settles_a_successful_exit_despite_retry_chatter() -> None:
+    """Gemini CLI logs the 429s it retried past, then answers: that is a success."""
+    gemini = cli_of("gemini-cli")
+    stdout = json.dumps({"response": "done", "stats": {}})
+    stderr = "Attempt 1 failed with status 429. Retrying with backoff...\n"
+
+    verdict = run_verdict(gemini.errors, gemini.output, stdout, stderr, exit_code=0)
+
+    assert verdict.kind is K.SUCCESS
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ("stream disconnected before completion", K.FAILURE),
+        ("429 Too Many Requests", K.RATE_LIMITED),
+    ],
+)
+def test_structured_output_with_an_error_and_no_answer_failed_even_after_exit_0(
+    message: str, kind: K
+) -> None:
+    codex = cli_of("codex-cli")
+    stdout = "\n".join(
+        json.dumps(event)
+        for event in (
+            {"type": "thread.started", "thread_id": "t"},
+            {"type": "error", "message": message},
+            {"type": "turn.failed", "error": {"message": message}},
+        )
+    )
+
+    verdict = run_verdict(codex.errors, codex.output, stdout, exit_code=0)
+
+    assert verdict.kind is kind
+    assert verdict.error is not None and message in verdict.error
+
+
+@pytest.mark.parametrize(
+    ("tool", "stdout", "kind"),
+    [
+        ("aider", "Added rate limiting and a timeout to the client.\nTests fail.", K.FAILURE),
+        ("aider", "litellm.RateLimitError: AnthropicException - rate_limit_error", K.RATE_LIMITED),
+        ("aider", "litellm.AuthenticationError: invalid x-api-key", K.AUTH_FAILED),
+        ("goose", "I could not finish the authentication module or the 401 page.", K.FAILURE),
+        ("goose", "Ran into this error: Rate limit exceeded: try again in 20s.", K.RATE_LIMITED),
+        ("goose", "Request failed with status: 401 Unauthorized", K.AUTH_FAILED),
+    ],
+)
+def test_a_text_tools_failure_is_classified_by_its_error_wording_not_the_agents_words(
+    tool: str, stdout: str, kind: K
+) -> None:
+    """S12, S17: on a failed run a text tool's whole stdout is searched, the
+    agent's answer included; prose about rate limits or authentication is no
+    rate limit (an instrument-wide block) and no auth failure (no retry)."""
+    cli = cli_of(tool)
+
+    assert run_verdict(cli.errors, cli.output, stdout, exit_code=1).kind is kind
