@@ -299,8 +299,13 @@ def _devnull() -> int:
     """A read-only /dev/null for every child's stdin, opened once per process."""
     global _devnull_fd
     if _devnull_fd is None:
-        _devnull_fd = os.open(os.devnull, os.O_RDONLY)  # not inherited (PEP 446)
+        with _DEVNULL_LOCK:  # the first starts come from several spawn threads at once
+            if _devnull_fd is None:
+                _devnull_fd = os.open(os.devnull, os.O_RDONLY)  # not inherited (PEP 446)
     return _devnull_fd
+
+
+_DEVNULL_LOCK = threading.Lock()
 
 
 def _pipe(*, nonblocking_read: bool) -> tuple[int, int]:

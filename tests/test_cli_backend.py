@@ -453,6 +453,33 @@ def test_S12_a_job_whose_tool_fails_auth_fails_without_retrying(
     assert sheet.error_kind == "auth_failed"
 
 
+@pytest.mark.parametrize("case", ["no-shebang", "moved-since-looked-up"])
+def test_a_program_that_cannot_be_started_directly_runs_through_the_shell(
+    tmp_path: Path, case: str
+) -> None:
+    """A script without '#!' (bash runs it as a shell script; exec refuses it),
+    or a program that left its folder after its path was remembered: the cli
+    instrument falls back to bash, which behaves as it always would."""
+    bin_dir, elsewhere = tmp_path / "bin", tmp_path / "elsewhere"
+    bin_dir.mkdir()
+    elsewhere.mkdir()
+    tool = bin_dir / f"ensemble-test-tool-{case}"
+    body = 'echo "ran $1"\n'
+    tool.write_text(body if case == "no-shebang" else "#!/bin/sh\n" + body)
+    tool.chmod(0o755)
+    # The same PATH throughout: the remembered path is looked up under it.
+    environment = host_environment(PATH=f"{bin_dir}:{elsewhere}:{os.environ['PATH']}")
+    spec = CliBackend(builtin_profiles()["cli"])
+    if case == "moved-since-looked-up":
+        req = request(f"{tool.name} first", tmp_path)
+        assert run(spec, req, environment=environment).stdout == "ran first\n"
+        tool.rename(elsewhere / tool.name)
+
+    result = run(spec, request(f"{tool.name} x", tmp_path), environment=environment)
+
+    assert (result.kind, result.stdout) == (K.SUCCESS, "ran x\n")
+
+
 def test_a_simple_command_runs_without_a_shell_and_anything_else_under_bash() -> None:
     """The cli instrument skips bash for one plain command (as make does); shell
     syntax, builtins and unknown programs still go to bash, so behaviour is the same."""
@@ -471,6 +498,11 @@ def test_a_simple_command_runs_without_a_shell_and_anything_else_under_bash() ->
         "no-such-program-here x",
         "echo 'quoted'",
         "",
+        "echo --help",  # a builtin that is also a program, which would print its usage
+        "time sleep 1",
+        "./run.sh",  # resolved by the shell in the workspace, not in our directory
+        "sleep\xa01",  # one word for bash
+        "sleep 1\r",
     ):
         assert without_shell(["bash", "-c", script], path) == ["bash", "-c", script]
     assert without_shell(["claude", "-p", "sleep 1"], path) == ["claude", "-p", "sleep 1"]

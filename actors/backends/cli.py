@@ -144,8 +144,8 @@ def run_cli_request(
             "ENSEMBLE_WORKSPACE": request.workspace,
         },
     )
-    process = run_process(
-        without_shell(command.argv, env.get("PATH", os.defpath)),
+    run = functools.partial(
+        run_process,
         cwd=request.workspace,
         env=env,
         stdin=command.stdin,
@@ -154,6 +154,12 @@ def run_cli_request(
         cancel=cancel,
         max_output_bytes=spec.max_output_bytes,
     )
+    direct = without_shell(command.argv, env.get("PATH", os.defpath))
+    process = run(direct)
+    if process.spawn_error is not None and direct != list(command.argv):
+        # The shell copes where a direct start cannot: a script without "#!",
+        # a program moved since its path was remembered. Its words decide.
+        process = run(list(command.argv))
     secrets = secret_values(profile, host)
     if len(process.stdout) + len(process.stderr) > OFF_HUB_BYTES:
         result: ExecutionResult = gevent.get_hub().threadpool.apply(
@@ -218,6 +224,16 @@ _SHELL_ONLY = frozenset(
         "unset",
         "wait",
         ".",
+        # Builtins or reserved words that also exist as programs, which behave
+        # differently ("echo --help", the format of "time").
+        "echo",
+        "false",
+        "kill",
+        "printf",
+        "pwd",
+        "test",
+        "time",
+        "true",
     }
 )
 _SHELLS = frozenset({"bash", "sh", "dash"})
@@ -226,12 +242,18 @@ _SHELLS = frozenset({"bash", "sh", "dash"})
 def without_shell(argv: Sequence[str], path: str) -> list[str]:
     """``[shell, "-c", script]`` as ``[program, args...]`` when the script is one
     simple command, as make does: starting a shell first cost about a millisecond
-    per sheet, most of a fan-out's overhead. Anything else runs as given."""
+    per sheet, most of a fan-out's overhead. Anything else runs as given: shell
+    syntax, a builtin, a name with a '/' (the shell resolves it in the
+    workspace), anything but printable ASCII (the shell splits words on spaces
+    and tabs only). If the program then cannot be started, run_cli_request
+    runs the script through the shell after all."""
     if len(argv) != 3 or os.path.basename(argv[0]) not in _SHELLS or argv[1] != "-c":
         return list(argv)
     script = argv[2]
-    words = script.split()
-    if not words or _SHELL_SYNTAX.intersection(script) or words[0] in _SHELL_ONLY:
+    if not (script.isascii() and script.isprintable()) or _SHELL_SYNTAX.intersection(script):
+        return list(argv)
+    words = [word for word in script.split(" ") if word]
+    if not words or "/" in words[0] or words[0] in _SHELL_ONLY:
         return list(argv)
     program = _which(words[0], path)
     if program is None:
