@@ -16,6 +16,7 @@ import os
 from typing import Any
 
 import gevent
+import pykka
 from loguru import logger
 from pykka import ActorRef
 
@@ -23,7 +24,7 @@ from actors.base import ActorContext, EnsembleActor, GeventFuture, TaskDone, sen
 from actors.sheet import SheetActor, evaluate_skip_command
 from runtime import machine
 from runtime.conditions import SkipVerdict
-from runtime.errors import EnsembleError
+from runtime.errors import EnsembleError, PersistenceError
 from runtime.events import RUNTIME_ERROR, Event
 from runtime.journal import new_checkpoint
 from runtime.machine import Effects
@@ -35,6 +36,7 @@ from runtime.messages import (
     CloseJobFiles,
     Commit,
     CreateJobFiles,
+    DiscardJobFiles,
     Flush,
     JobCommand,
     JobFinished,
@@ -126,7 +128,13 @@ class JobActor(EnsembleActor):
                 state.job_id, self._score_document, checkpoint, _FutureRecipient(future)
             )
         send(self._persistence, opening)
-        reply: Reply = future.get(timeout=CREATE_TIMEOUT_SECONDS)
+        try:
+            reply: Reply = future.get(timeout=CREATE_TIMEOUT_SECONDS)
+        except pykka.Timeout:
+            if self._created_reply is None:
+                raise  # a restart after a crash: the supervisor tries again, then gives up
+            self._refuse(self._files_too_slow())
+            return
         if reply.error is not None:
             self._refuse(reply.error)
             return
@@ -140,6 +148,23 @@ class JobActor(EnsembleActor):
         else:
             machine.start(state, now, self._effects)
         self._schedule_flush()
+
+    def _files_too_slow(self) -> PersistenceError:
+        """Give up on a state directory that has not answered: a new job is
+        discarded once its creation ends, a recovered one left as it is."""
+        job_id, waited = self.state.job_id, f"{CREATE_TIMEOUT_SECONDS:g} s"
+        if self._recovered is None:
+            send(self._persistence, DiscardJobFiles(job_id))
+            return PersistenceError(
+                f"the state directory did not create job {job_id}'s files within {waited}; "
+                "the job was not accepted and anything half-made is deleted: check the disk, "
+                "then submit again"
+            )
+        send(self._persistence, CloseJobFiles(job_id))
+        return PersistenceError(
+            f"the state directory did not reopen job {job_id}'s checkpoint within {waited}; "
+            "the checkpoint is unchanged: check the disk, then resume the job again"
+        )
 
     def _refuse(self, error: BaseException) -> None:
         send(self._created_reply, Reply(error=error))

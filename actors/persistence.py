@@ -28,6 +28,7 @@ from runtime.messages import (
     CloseJobFiles,
     Commit,
     CreateJobFiles,
+    DiscardJobFiles,
     GetCheckpoint,
     OpenJobFiles,
     Recipient,
@@ -94,6 +95,8 @@ class Persistence(EnsembleActor):
                 send(message.reply_to, Reply(value=orjson.loads(orjson.dumps(job.checkpoint))))
         elif isinstance(message, CloseJobFiles):
             self._close(message.job_id)
+        elif isinstance(message, DiscardJobFiles):
+            self._discard(message.job_id)
         elif isinstance(message, SaveRuntimeState):
             try:
                 _in_thread(
@@ -174,6 +177,14 @@ class Persistence(EnsembleActor):
         self._seq = max(self._seq, int(message.checkpoint.get("seq", 0)))
         self._jobs[message.job_id] = job
         send(message.reply_to, Reply(value=message.job_id))
+
+    def _discard(self, job_id: str) -> None:
+        """Delete a job whose creation finished after its JobActor refused it."""
+        job = self._jobs.pop(job_id, None)
+        if job is None:
+            return  # its creation failed: nothing was left
+        job.journal.close()
+        _in_thread(_take_back, job.directory)
 
     def _close(self, job_id: str) -> None:
         self._write_batch()

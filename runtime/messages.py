@@ -286,6 +286,14 @@ class CloseJobFiles:
     job_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class DiscardJobFiles:
+    """A JobActor gave up waiting for its job's creation and refused the job:
+    Persistence deletes whatever the creation left once it is done."""
+
+    job_id: str
+
+
 # --- events --------------------------------------------------------------------------
 
 

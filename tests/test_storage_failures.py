@@ -20,6 +20,8 @@ from typing import Any, BinaryIO
 import pytest
 from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subscribed
 
+from actors import job as job_actor
+from actors import persistence
 from runtime import events as ev
 from runtime import journal
 from runtime.errors import PersistenceError
@@ -230,6 +232,31 @@ def test_a_refused_submit_leaves_no_job_behind_even_when_the_last_step_fails(
     assert rt.submit(make_score(sheets=1), job_id="refused").wait(WAIT_SECONDS).status is (
         J.COMPLETED
     )
+
+
+def test_a_creation_slower_than_the_wait_is_refused_and_leaves_nothing(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state directory that hangs (a stalled network disk): the submit is
+    refused once the JobActor stops waiting, and when the creation finally
+    ends its folder is deleted, so no later start runs a job the user was told
+    was not accepted."""
+    release = threading.Event()
+    real = persistence._create_files
+
+    def stalled(*args: Any) -> Any:
+        release.wait(WAIT_SECONDS)  # in the thread pool, as the real writes are
+        return real(*args)
+
+    monkeypatch.setattr(persistence, "_create_files", stalled)
+    monkeypatch.setattr(job_actor, "CREATE_TIMEOUT_SECONDS", 0.2)
+    rt = rt_factory({"mock": ScriptedBackend()})
+    with pytest.raises(PersistenceError, match="was not accepted"):
+        rt.submit(make_score(sheets=1), job_id="stalled")
+    release.set()
+    rt.stop()  # Persistence finishes the creation, then the discard, then stops
+    jobs = rt.state_dir / "jobs"
+    assert sorted(path.name for path in jobs.iterdir()) == []
 
 
 def test_recovery_that_cannot_write_its_fresh_snapshot_is_a_recovery_error(
