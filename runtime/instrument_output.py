@@ -153,6 +153,9 @@ def _json_document(stdout: str) -> tuple[Any, str]:
         return _json_loads(stripped), ""
     except ValueError:
         pass
+    found = _trailing_document(stdout)
+    if found is not None:
+        return found
     lines = stdout.splitlines()
     for index in range(len(lines) - 1, -1, -1):
         line = lines[index].strip()
@@ -164,6 +167,24 @@ def _json_document(stdout: str) -> tuple[Any, str]:
             continue
         return document, "\n".join(lines[:index] + lines[index + 1 :])
     return None, stdout
+
+
+_DOCUMENT_START = re.compile(r"^[\[{]", re.MULTILINE)
+
+
+def _trailing_document(stdout: str) -> tuple[Any, str] | None:
+    """A document, pretty-printed or not, that starts at the beginning of a
+    line and runs to the end of the output (Gemini CLI's indented JSON after a
+    notice), and the text before it."""
+    decoder = json.JSONDecoder()
+    for start in _DOCUMENT_START.finditer(stdout):
+        try:
+            document, end = decoder.raw_decode(stdout, start.start())
+        except (ValueError, RecursionError):
+            continue
+        if not stdout[end:].strip():
+            return document, stdout[: start.start()].rstrip("\n")
+    return None
 
 
 def _parse_jsonl(output: CliOutput, stdout: str) -> ParsedOutput:

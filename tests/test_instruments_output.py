@@ -663,3 +663,21 @@ def test_a_text_tools_failure_is_classified_by_its_error_wording_not_the_agents_
     cli = cli_of(tool)
 
     assert run_verdict(cli.errors, cli.output, stdout, exit_code=1).kind is kind
+
+
+def test_pretty_printed_json_after_a_notice_is_the_document() -> None:
+    """Gemini CLI indents its JSON; a notice line before it must not turn the
+    whole output into text (tokens lost, and the answer searched for 'quota')."""
+    gemini = cli_of("gemini-cli")
+    document = {
+        "response": "Raised the quota of the test tenant.",
+        "stats": {"models": {"gemini-2.5-pro": {"tokens": {"prompt": 10, "candidates": 5}}}},
+    }
+    stdout = "Loaded cached credentials.\n" + json.dumps(document, indent=2) + "\n"
+
+    parsed = parse_output(gemini.output, stdout)
+
+    assert (parsed.structured, parsed.result) == (True, "Raised the quota of the test tenant.")
+    assert (parsed.input_tokens, parsed.output_tokens) == (10, 5)
+    assert parsed.other_text == "Loaded cached credentials."
+    assert run_verdict(gemini.errors, gemini.output, stdout, exit_code=0).kind is K.SUCCESS
