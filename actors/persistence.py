@@ -48,6 +48,8 @@ class _OpenJob:
     journal: BinaryIO
     checkpoint: dict[str, Any]  # as on disk: every record written, none that failed
     records_since_snapshot: int = 0
+    # A failed append could not be cut back off: rewrite (compact) before appending.
+    torn: bool = False
 
 
 class Persistence(EnsembleActor):
@@ -214,7 +216,7 @@ class Persistence(EnsembleActor):
                 records.append(record)
         failures: dict[str, OSError] = _in_thread(
             _write_journals,
-            [(job_id, job.journal, records) for job_id, (job, records) in writes.items()],
+            [(job_id, job, records) for job_id, (job, records) in writes.items()],
             self._fsync,
         )
         # The in-memory checkpoint follows the disk: a restart from it (GetCheckpoint)
@@ -321,16 +323,24 @@ def _take_back(directory: Path) -> None:
 
 
 def _write_journals(
-    writes: list[tuple[str, BinaryIO, list[dict[str, Any]]]], fsync: bool
+    writes: list[tuple[str, _OpenJob, list[dict[str, Any]]]], fsync: bool
 ) -> dict[str, OSError]:
     """Append each job's records to its journal; the jobs whose write failed.
 
     One job's full disk or lost permission fails that job's commits only; a
-    failed append leaves nothing behind (``journal.append_and_sync``)."""
+    failed append leaves nothing behind (``journal.append_and_sync``). A
+    journal left torn by a failed cut is first rewritten from the snapshot
+    of what was committed, so nothing is ever appended after a torn line."""
     failures: dict[str, OSError] = {}
-    for job_id, handle, records in writes:
+    for job_id, job, records in writes:
         try:
-            journal.append_and_sync(handle, journal.encode_records(records), fsync=fsync)
+            if job.torn:
+                _compact(job)
+                job.torn = False
+            journal.append_and_sync(job.journal, journal.encode_records(records), fsync=fsync)
+        except journal.TornJournalError as exc:
+            job.torn = True
+            failures[job_id] = exc
         except OSError as exc:
             failures[job_id] = exc
     return failures

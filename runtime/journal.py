@@ -81,9 +81,16 @@ def open_journal(job_dir: Path) -> BinaryIO:
     return open(job_dir / JOURNAL_FILE, "ab", buffering=0)
 
 
+class TornJournalError(OSError):
+    """A failed append could not be cut back off: the journal may end in a torn
+    line, and nothing may be appended after it before it is rewritten (replay
+    stops at the first unreadable line, so whatever followed would be lost)."""
+
+
 def append_and_sync(handle: BinaryIO, data: bytes, *, fsync: bool) -> None:
     """Append ``data`` whole or not at all: a failed write (a full disk) is cut
-    back off, so no torn line is left in the middle of the journal."""
+    back off, so no torn line is left in the middle of the journal. If even
+    the cut fails, ``TornJournalError`` says so."""
     start = handle.tell()
     try:
         # An unbuffered file: a failed write leaves nothing queued in a buffer
@@ -94,12 +101,13 @@ def append_and_sync(handle: BinaryIO, data: bytes, *, fsync: bool) -> None:
             remaining = remaining[written or 0 :]
         if fsync:
             os.fsync(handle.fileno())
-    except OSError:
+    except OSError as exc:
         try:
             handle.truncate(start)
             handle.seek(start)
         except OSError:
             logger.error("could not cut a failed write off the journal {}", handle.name)
+            raise TornJournalError(exc.errno, exc.strerror or str(exc)) from exc
         raise
 
 

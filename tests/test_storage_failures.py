@@ -334,6 +334,45 @@ def test_a_failed_append_is_cut_off_the_journal_so_no_torn_line_stays_in_the_mid
     assert loaded.checkpoint["seq"] == 3
 
 
+def test_a_journal_left_torn_is_rewritten_before_anything_is_appended_after_it(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed append whose cut-back also failed leaves a torn line at the end
+    of the journal. Replay stops at the first unreadable line, so a commit
+    appended after it would be lost: the journal is rewritten first."""
+    real = journal.append_and_sync
+    torn: list[bytes] = []
+
+    def tear_once(handle: BinaryIO, data: bytes, *, fsync: bool) -> None:
+        if not torn and data:
+            torn.append(data[: len(data) // 2])
+            handle.write(torn[0])  # half a line stays: the cut-back "failed"
+            raise journal.TornJournalError(errno.EIO, os.strerror(errno.EIO))
+        real(handle, data, fsync=fsync)
+
+    clock = TimerClock()
+    backend = ScriptedBackend(default=Succeed(delay=10))
+    rt = rt_factory({"mock": backend}, clock=clock)
+    log = subscribed(rt)
+    handle = rt.submit(make_score(sheets=2, max_concurrent=None))  # a chain: 1, 2
+    assert backend.wait_for_calls(1, WAIT_SECONDS)
+    clock.wait_for_pending(1)
+    monkeypatch.setattr(journal, "append_and_sync", tear_once)
+    clock.advance(10)  # sheet 1's result: its write tears the journal
+    log.wait_for_count(ev.JOB_PAUSED, 1)
+    journal_file = rt.state_dir / "jobs" / handle.job_id / journal.JOURNAL_FILE
+    assert journal_file.read_bytes().endswith(torn[0])
+
+    assert handle.resume() is True
+    assert backend.wait_for_calls(2, WAIT_SECONDS)
+    clock.wait_for_pending(1)
+    assert torn[0] not in journal_file.read_bytes()  # rewritten before the append
+    rt.stop()  # sheet 2 is in flight: only what was committed is on disk
+    on_disk = checkpoint_on_disk(rt.state_dir, handle.job_id)
+    assert on_disk.skipped_tail is False
+    assert [s["status"] for s in on_disk.checkpoint["sheets"]] == ["completed", "dispatched"]
+
+
 def test_a_snapshot_that_cannot_be_written_leaves_the_old_one_and_no_temporary_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
