@@ -293,9 +293,14 @@ def _number(document: Any, path: str | None) -> float | None:
     return None
 
 
-def _tokens(document: Any, path: str | None, aggregate: bool) -> int | None:
+def _tokens(document: Any, path: str | tuple[str, ...] | None, aggregate: bool) -> int | None:
     if not path:
         return None
+    if isinstance(path, tuple):  # several kinds of tokens, billed alike: added
+        known = [
+            count for part in path if (count := _tokens(document, part, aggregate)) is not None
+        ]
+        return sum(known) if known else None
     counts = [int(value) for value in json_path(document, path) if _is_number(value)]
     if not counts:
         return None

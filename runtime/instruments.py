@@ -109,13 +109,15 @@ class CliOutput(_Model):
     Paths are dotted keys into the JSON document (``usage.input_tokens``); a
     ``*`` step matches every key of an object or item of a list. With
     ``aggregate_tokens`` the matches are summed, else the first one counts.
+    Ensemble: a token path may also be a list of paths, whose counts are
+    added (Gemini bills its ``thoughts`` tokens as output, beside ``candidates``).
     """
 
     format: Literal["text", "json", "jsonl"] = "text"
     result_path: str | None = None
     error_path: str | None = None
-    input_tokens_path: str | None = None
-    output_tokens_path: str | None = None
+    input_tokens_path: str | tuple[str, ...] | None = None
+    output_tokens_path: str | tuple[str, ...] | None = None
     aggregate_tokens: bool = False
     # jsonl: the events that carry the answer (their `type`, and key/values
     # the event or one of its objects must have, e.g. {type: agent_message}).

@@ -122,6 +122,28 @@ def test_wildcard_token_paths_are_summed_with_aggregate() -> None:
     assert (first_only.input_tokens, first_only.output_tokens) == (100, 5)
 
 
+def test_S24_gemini_thinking_tokens_are_billed_as_output() -> None:
+    """Gemini CLI counts thoughts apart from candidates; both are output tokens,
+    so the built-in profile adds the two paths."""
+    gemini = BUILTINS["gemini-cli"]
+    assert gemini.cli is not None
+    tokens = {"prompt": 1000, "candidates": 20, "total": 1174, "cached": 0, "thoughts": 154}
+    stdout = json.dumps(
+        {"response": "ok", "stats": {"models": {"gemini-2.5-pro": {"tokens": tokens}}}}
+    )
+
+    parsed = parse_output(gemini.cli.output, stdout)
+
+    assert (parsed.input_tokens, parsed.output_tokens) == (1000, 174)
+    price = gemini.model("gemini-2.5-pro")
+    assert price is not None
+    expected = (1000 * price.cost_per_1k_input + 174 * price.cost_per_1k_output) / 1000
+    assert attempt_cost(gemini, "gemini-2.5-pro", parsed) == pytest.approx(expected)
+    no_thoughts = {k: v for k, v in tokens.items() if k != "thoughts"}
+    plain = json.dumps({"response": "ok", "stats": {"models": {"m": {"tokens": no_thoughts}}}})
+    assert parse_output(gemini.cli.output, plain).output_tokens == 20
+
+
 def test_unparseable_json_output_is_the_answer_and_searchable() -> None:
     parsed = parse_output(CLAUDE_OUTPUT, "API Error: something\n")
 
