@@ -353,8 +353,15 @@ def on_attempt_lost(state: JobState, sheet_num: int, error: str, now: float, fx:
 
 def on_timer(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:
     """A retry or completion delay (S8, S10) or the job's pacing (S23) is over."""
+    # A timer can fire before its time by this clock: timers run on a monotonic
+    # clock and ``now`` is wall time, which NTP may step back. Such a timer is
+    # armed again for the time still to wait, or nothing would ever wake the
+    # sheet (or the paced job) again. A stale one, from before a later
+    # reschedule, is armed again too; the later timer finds nothing to do.
     if sheet_num == PACING_TIMER:
-        if state.paced_until is not None and state.paced_until <= now:
+        if state.paced_until is not None and state.paced_until > now:
+            fx.timers.append(TimerOrder(PACING_TIMER, state.paced_until))
+        elif state.paced_until is not None:
             state.paced_until = None
             fx.job_dirty = True
             _request_leases(state, now, fx)
@@ -365,7 +372,8 @@ def on_timer(state: JobState, sheet_num: int, now: float, fx: Effects) -> None:
     if sheet.status is not SheetStatus.RETRY_SCHEDULED:
         return
     if sheet.retry_at is not None and sheet.retry_at > now:
-        return  # a stale timer from before a later reschedule
+        fx.timers.append(TimerOrder(sheet.num, sheet.retry_at))
+        return
     sheet.retry_at = None
     _make_ready(state, sheet, fx)
     _request_leases(state, now, fx)

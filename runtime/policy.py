@@ -28,7 +28,10 @@ class RetryPolicy:
 
     def delay(self, retry_number: int, random_fraction: float) -> float:
         """S10: min(base * exponent^(n-1), cap), scaled by ``random_fraction`` with jitter."""
-        delay = self.base_delay_seconds * self.exponential_base ** max(0, retry_number - 1)
+        try:
+            delay = self.base_delay_seconds * self.exponential_base ** max(0, retry_number - 1)
+        except OverflowError:  # a long retry budget: far past the cap
+            delay = self.max_delay_seconds
         delay = min(delay, self.max_delay_seconds)
         return delay * random_fraction if self.jitter else delay
 

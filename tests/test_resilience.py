@@ -977,15 +977,34 @@ def test_S27_a_sheet_skipped_by_the_user_still_lets_the_job_complete() -> None:
 # --- the pure core keeps the ordering guarantees --------------------------------------------
 
 
-def test_S10_S23_stale_timers_do_nothing() -> None:
+def test_S10_S23_an_early_timer_is_armed_again_and_a_stale_one_does_nothing() -> None:
+    """Timers run on a monotonic clock, ``now`` is wall time: after the wall
+    clock steps back a timer arrives early. It must be armed again for the
+    rest of the wait, or nothing would ever wake the sheet or the paced job."""
     world = one_sheet(policy(base_delay=10.0))
     world.end(1, FAIL)
+    retry_at = world.sheet(1).retry_at
+    assert retry_at is not None
     fx = Effects()
-    machine.on_timer(world.state(), 1, world.now + 5.0, fx)  # early: ignored
-    assert fx.empty
+    machine.on_timer(world.state(), 1, retry_at - 0.5, fx)
+    assert world.status(1) is S.RETRY_SCHEDULED
+    assert fx.timers == [machine.TimerOrder(1, retry_at)] and not fx.lease_requests
     fx = Effects()
-    machine.on_timer(world.state(), machine.PACING_TIMER, world.now, fx)
+    machine.on_timer(world.state(), machine.PACING_TIMER, world.now, fx)  # no pacing
     assert fx.empty
+    paced = World.of((make_plan(2, max_parallel=1), policy(pacing=30.0)))
+    paced.end(1)
+    paced_until = paced.state().paced_until
+    assert paced_until is not None
+    fx = Effects()
+    machine.on_timer(paced.state(), machine.PACING_TIMER, paced_until - 1.0, fx)
+    assert fx.timers == [machine.TimerOrder(machine.PACING_TIMER, paced_until)]
+    assert paced.state().paced_until == paced_until
+
+
+def test_S10_a_retry_budget_past_float_range_waits_the_capped_delay() -> None:
+    retry = RetryPolicy(base_delay_seconds=10.0, exponential_base=2.0, max_delay_seconds=600.0)
+    assert retry.delay(2000, 1.0) == 600.0
 
 
 FAILURES = (FAIL, partial(1, 2), TIMEOUT, CRASH)
