@@ -334,8 +334,10 @@ def test_S10_retry_scheduled_until_its_timer_fires() -> None:
     fx = sim.finish(1, FAIL)
     assert [(t.sheet_num, t.due) for t in fx.timers] == [(1, sim.now + 30)]
     early = Effects()
-    machine.on_timer(sim.state, 1, sim.now + 29, early)
-    assert sim.status(1) is S.RETRY_SCHEDULED and early.empty
+    machine.on_timer(sim.state, 1, sim.now + 29, early)  # early: armed again
+    assert sim.status(1) is S.RETRY_SCHEDULED
+    assert [(t.sheet_num, t.due) for t in early.timers] == [(1, sim.now + 30)]
+    assert not early.lease_requests
     sim.fire_timers()
     assert sim.status(1) is S.READY
     assert sim.requested == [1]
