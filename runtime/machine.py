@@ -300,7 +300,9 @@ def on_attempt_finished(
     if sheet.lease is not None:
         fx.released_leases.append((sheet.lease, result.instrument_health))
         sheet.lease = None
-    sheet.completion_pending = False
+    # A completion attempt (S8) that taught nothing (rate limited, or cancelled
+    # from outside) stays one: the next attempt is the completion again.
+    was_completion, sheet.completion_pending = sheet.completion_pending, False
     if result.output_tail:
         sheet.output_tail = result.output_tail
     if result.validations:
@@ -325,8 +327,10 @@ def on_attempt_finished(
         # Cancelled from outside the job (the runtime is stopping): nothing was
         # learned about the sheet, so it is ready again and no retry is spent.
         sheet.attempts -= 1
+        sheet.completion_pending = was_completion
         _make_ready(state, sheet, fx)
     elif result.kind is OutcomeKind.RATE_LIMITED:
+        sheet.completion_pending = was_completion
         _rate_limited(state, sheet, result, now, fx)
     elif result.kind is OutcomeKind.SUCCESS and result.pass_rate >= 100.0:
         _complete(state, sheet, result, now, fx)

@@ -143,6 +143,22 @@ def test_S8_partial_at_the_threshold_enters_completion_mode_on_its_own_budget() 
     )  # fmt: skip
 
 
+def test_S8_S17_a_completion_attempt_that_is_rate_limited_is_still_the_completion() -> None:
+    """The rate limit taught nothing about the sheet: after the wait the same
+    completion attempt runs again, on the same completion budget, no retry spent."""
+    world = one_sheet(policy(max_completion=2, wait_minutes=1.0))
+    world.end(1, partial(1, 2))
+    assert world.named(ev.SHEET_DISPATCHED)[-1].data["completion"] is True
+    world.end(1, rate_limited(60))
+    world.advance(61)
+    world.deliver_all()
+    assert world.named(ev.SHEET_DISPATCHED)[-1].data["completion"] is True
+    sheet = world.sheet(1)
+    assert (sheet.completion_attempts, sheet.retries_used) == (1, 0)
+    world.end(1)
+    assert world.status(1) is S.COMPLETED
+
+
 def test_S8_the_completion_attempt_order_lists_passed_and_failed_validations() -> None:
     state = machine.new_job("j", make_plan(1), policy(completion_delay=0.0))
     fx = Effects()
