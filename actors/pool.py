@@ -109,12 +109,12 @@ class BackendPool(EnsembleActor):
     def _request(self, message: RequestLeases, now: float) -> None:
         self._jobs[message.job_id] = message.reply_to
         self._breaker_policies[message.job_id] = message.breaker
-        refused: list[tuple[int, str]] = []
+        refused: list[tuple[int, str, str]] = []
         for sheet_num, instrument, model, has_fallback in message.requests:
             if not self._table.request(
                 message.job_id, sheet_num, instrument, model, has_fallback=has_fallback, now=now
             ):
-                refused.append((sheet_num, f"circuit breaker of {instrument} is open"))
+                refused.append((sheet_num, instrument, f"circuit breaker of {instrument} is open"))
         if refused:
             send(message.reply_to, LeasesRefused(tuple(refused)))
 
@@ -143,10 +143,10 @@ class BackendPool(EnsembleActor):
         return self._breaker_policies.get(grant.job_id, BreakerPolicy())
 
     def _refuse_fallback_requests(self, instrument: str) -> None:
-        by_job: dict[str, list[tuple[int, str]]] = {}
+        by_job: dict[str, list[tuple[int, str, str]]] = {}
         for job_id, sheet_num in self._table.refuse_fallback_requests(instrument):
             by_job.setdefault(job_id, []).append(
-                (sheet_num, f"circuit breaker of {instrument} is open")
+                (sheet_num, instrument, f"circuit breaker of {instrument} is open")
             )
         for job_id, refusals in by_job.items():
             send(self._jobs.get(job_id), LeasesRefused(tuple(refusals)))

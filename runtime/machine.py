@@ -267,15 +267,20 @@ def _dispatch(state: JobState, sheet: SheetState, lease: Any, now: float, fx: Ef
 
 
 def on_leases_refused(
-    state: JobState, refusals: Iterable[tuple[int, str]], now: float, fx: Effects
+    state: JobState, refusals: Iterable[tuple[int, str, str]], now: float, fx: Effects
 ) -> None:
     """S21: the pool refused a sheet's request (its instrument's breaker is open):
     a sheet with a fallback moves on to it with fresh budgets."""
-    for sheet_num, reason in refusals:
+    for sheet_num, instrument, reason in refusals:
         if sheet_num not in state.lease_requested:
             continue
-        state.lease_requested.discard(sheet_num)
         sheet = state.sheet(sheet_num)
+        if current_instrument(state, sheet)[0] != instrument:
+            # A stale refusal, for a request the sheet no longer has (a pause
+            # withdrew it and the sheet has moved on since): its fallback is
+            # not skipped on the strength of the old instrument's breaker.
+            continue
+        state.lease_requested.discard(sheet_num)
         if sheet.status not in (SheetStatus.READY, SheetStatus.WAITING):
             continue
         _fall_back(state, sheet, reason, now, fx)

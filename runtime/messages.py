@@ -107,9 +107,9 @@ class LeasesGranted:
 @dataclass(frozen=True, slots=True)
 class LeasesRefused:
     """S21: these requests were dropped because their instrument's breaker is
-    open and each sheet has a fallback: (sheet_num, reason)."""
+    open and each sheet has a fallback: (sheet_num, instrument refused, reason)."""
 
-    refusals: tuple[tuple[int, str], ...]
+    refusals: tuple[tuple[int, str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -186,7 +186,7 @@ class World:
             self.pool_grant()
         if fx.lease_requests:
             refused = [
-                (request.sheet_num, "breaker open")
+                (request.sheet_num, request.instrument, "breaker open")
                 for request in fx.lease_requests
                 if not self.table.request(
                     job_id, request.sheet_num, request.instrument, request.model,
@@ -229,9 +229,9 @@ class World:
         policy = self.policies[holder.job_id]
         _, change = self.table.release(lease.lease_id, succeeded, policy, self.now)
         if change is BreakerState.OPEN:
-            by_job: dict[str, list[tuple[int, str]]] = {}
+            by_job: dict[str, list[tuple[int, str, str]]] = {}
             for job_id, sheet_num in self.table.refuse_fallback_requests(lease.instrument):
-                by_job.setdefault(job_id, []).append((sheet_num, "breaker open"))
+                by_job.setdefault(job_id, []).append((sheet_num, lease.instrument, "breaker open"))
             for job_id, refusals in by_job.items():
                 self.outbox.append((job_id, "refused", tuple(refusals)))
             self.arm_wake()

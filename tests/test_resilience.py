@@ -639,6 +639,28 @@ def breaker_state(world: World, instrument: str = "a") -> BreakerState:
 # --- S21 circuit breakers ---------------------------------------------------------------------
 
 
+def test_S15_S21_a_stale_breaker_refusal_does_not_skip_a_fallback() -> None:
+    """The breaker of a opens and refuses sheet 2's queued request; before that
+    refusal arrives a pause and a resume ask for a again, and the pool refuses
+    that too. The first refusal moves the sheet to b; the second is about a,
+    which the sheet no longer uses, and must not move it on to c untried."""
+    pol = policy(breaker=BreakerPolicy(enabled=True, failure_threshold=1))
+    plan = make_plan(2, instrument="a", per_sheet_fallbacks={2: ["b", "c"]}, max_parallel=2)
+    world = World.of((plan, pol), pool=PoolLimits(instruments={"a": 1}))
+    world.deliver_all()
+    assert world.running_sheets() == [1] and 2 in world.state().lease_requested
+    world.finish(0, FAIL)  # a's breaker opens: sheet 2's request is refused (in flight)
+    world.command("pause")
+    world.command("resume")  # asks for a again: refused again
+    world.deliver_all()
+    moves = [
+        (e.data["from_instrument"], e.data["to_instrument"])
+        for e in world.named(ev.INSTRUMENT_FALLBACK)
+    ]
+    assert moves == [("a", "b")]
+    assert world.sheet(2).instrument_index == 1
+
+
 def test_S21_consecutive_failures_open_the_breaker_then_a_trial_closes_it() -> None:
     breaker = BreakerPolicy(failure_threshold=2, recovery_timeout_seconds=300.0)
     world = World.of((make_plan(3), policy(breaker=breaker, max_retries=5, base_delay=10.0)))
@@ -807,7 +829,7 @@ def test_S22_a_stale_grant_for_an_instrument_the_sheet_left_is_given_back() -> N
 
     stale = Grant(1, "j", 1, "a", None)
     fx = Effects()
-    machine.on_leases_refused(state, [(1, "circuit breaker of a is open")], START, fx)
+    machine.on_leases_refused(state, [(1, "a", "circuit breaker of a is open")], START, fx)
     assert [(r.instrument, r.sheet_num) for r in fx.lease_requests] == [("b", 1)]
     fx = Effects()
     machine.on_leases_granted(state, [(1, stale)], START, fx)
