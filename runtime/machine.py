@@ -600,6 +600,11 @@ def _add_cost(state: JobState, sheet: SheetState, cost: float, now: float, fx: E
     sheet.cost += cost
     state.cost += cost
     fx.job_dirty = True
+    _check_job_cost(state, now, fx)
+
+
+def _check_job_cost(state: JobState, now: float, fx: Effects) -> None:
+    """S24: warn once at ``warn_at_percent``, pause once over ``max_cost_per_job``."""
     limit = state.policy.cost.max_cost_per_job
     if limit is None:
         return
@@ -1085,6 +1090,9 @@ def recover(
         # The job was being cancelled (S26): what had not ended is cancelled now.
         cancel(state, now, fx)
         return
+    # The cost may come from the sheets (a job record torn off their batch):
+    # the limit is checked again, not taken from the record.
+    _check_job_cost(state, now, fx)
     _update_pause(state, now, fx)
     _request_leases(state, now, fx)
     _finish_if_done(state, now, fx)

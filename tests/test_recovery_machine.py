@@ -297,6 +297,23 @@ def test_S29_S16_fermata_stays_a_fermata_and_the_job_stays_paused() -> None:
     assert requested(decided) == [2]
 
 
+def test_S29_S24_a_cost_over_the_limit_is_checked_again_on_recovery() -> None:
+    """The job record was torn off the batch whose sheet records carry the
+    cost: recovery takes the cost from the sheets, and so must its limit."""
+    state, fx = recover(
+        [saved(1, S.COMPLETED, attempts=1, cost=5.0), saved(2, S.PENDING)],
+        {"cost": 0.0, "paused_for_cost": False},
+        sheets=2,
+        independent=True,
+        cost_limits={"enabled": True, "max_cost_per_job": 1.0},
+    )
+    assert state.cost == 5.0
+    assert state.paused_for_cost and state.status is JobStatus.PAUSED
+    assert [e.data["scope"] for e in fx.events if e.event == ev.COST_EXCEEDED] == ["job"]
+    assert [e.data["reason"] for e in fx.events if e.event == ev.JOB_PAUSED] == ["cost"]
+    assert fx.lease_requests == []
+
+
 @pytest.mark.parametrize("paused_by_user", [True, False], ids=["user-too", "fermata-only"])
 def test_S29_S16_S25_a_job_held_for_two_reasons_names_one_in_its_event_and_progress(
     paused_by_user: bool,
