@@ -176,13 +176,16 @@ class World:
         if fx.withdraw_lease_requests:
             self.table.withdraw(job_id)
             self.pool_grant()
-        if fx.released_leases:
-            for lease, health in fx.released_leases:
-                self.pool_release(lease, health)
-            self.pool_grant()
+        # In JobActor's order: a rate limit's block reaches the pool before the
+        # lease it came with is given back, so that slot is not granted again
+        # on the blocked instrument.
         for block in fx.blocks:
             if self.table.block(block.instrument, block.model, block.until):
                 self.arm_wake()
+            self.pool_grant()
+        if fx.released_leases:
+            for lease, health in fx.released_leases:
+                self.pool_release(lease, health)
             self.pool_grant()
         if fx.lease_requests:
             refused = [
