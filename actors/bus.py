@@ -95,5 +95,7 @@ def _call_safely(function: Callable[..., Any], *, who: object, argument: Any = _
             function()
         else:
             function(argument)
-    except Exception:
+    except BaseException:
+        # Also SystemExit and the like: a host callback must never end the
+        # delivery thread, or no later event and no job's waiter would wake.
         logger.exception("event subscriber {!r} raised; it stays subscribed", who)

@@ -392,6 +392,12 @@ _DEFAULT_LOG_FORMAT = (
 )
 
 
+def _short_log_format(record: Any) -> str:
+    """'ensemble: warning: ...' (a format template, so the message is not parsed)."""
+    level: str = record["level"].name.lower()
+    return "ensemble: " + level + ": {message}\n{exception}"
+
+
 @contextmanager
 def _warnings_only_on_stderr() -> Iterator[None]:
     """Let only warnings and errors reach stderr, so logs do not tear the display.
@@ -407,11 +413,7 @@ def _warnings_only_on_stderr() -> Iterator[None]:
             removed = True
         except ValueError:  # the host removed it already: leave logging alone
             _default_sink_id = None
-    sink = logger.add(
-        _write_to_current_stderr,
-        level="WARNING",
-        format="ensemble: {level.name.lower()}: {message}",
-    )
+    sink = logger.add(_write_to_current_stderr, level="WARNING", format=_short_log_format)
     try:
         yield
     finally:

@@ -608,3 +608,21 @@ def test_run_stops_with_a_message_when_every_job_paused_itself(
     assert code == 1
     assert "job costly paused itself (cost)" in err
     assert "ensemble resume --state-dir" in err
+
+
+def test_warnings_during_a_run_read_as_one_short_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """While jobs run only warnings and errors reach stderr, one line each; a
+    message with braces is not taken for a format."""
+    from loguru import logger
+
+    from runtime.cli import _warnings_only_on_stderr
+
+    with _warnings_only_on_stderr():
+        logger.info("not shown")
+        logger.warning("disk {} is {{nearly}} full", "/tmp")
+        logger.error("cannot write")
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "ensemble: warning: disk /tmp is {nearly} full",
+        "ensemble: error: cannot write",
+    ]

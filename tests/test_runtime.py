@@ -339,15 +339,18 @@ def test_S34_unsubscribe_stops_deliveries(
     assert leaving.names(second.job_id) == []
 
 
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit], ids=["exception", "system-exit"])
 def test_S34_a_failing_subscriber_does_not_break_others(
-    rt_factory: RuntimeFactory, make_score: ScoreFactory
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, error: type[BaseException]
 ) -> None:
+    """Even a callback that raises SystemExit (a host calling sys.exit in it)
+    leaves the delivery thread, the other subscribers and the waiters alive."""
     rt = rt_factory({"mock": ScriptedBackend()})
     calls = []
 
     def broken(event: Event) -> None:
         calls.append(event)
-        raise RuntimeError("subscriber bug")
+        raise error("subscriber bug")
 
     rt.subscribe(broken)
     log = subscribed(rt)
