@@ -192,7 +192,7 @@ def run_command(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     console = _console(sys.stdout)
     live = sys.stdout.isatty() and not args.quiet
-    with _warnings_only_on_stderr():
+    with _stop_signals_interrupt(), _warnings_only_on_stderr():
         try:
             rt = runtime.start(args.state_dir, max_concurrent_sheets=args.max_concurrent)
         except (EnsembleError, OSError) as exc:
@@ -374,15 +374,42 @@ def _drain(inbox: queue.SimpleQueue[Event], view: ProgressView, ours: set[str]) 
                 view.note(dataclasses.replace(event, job_id=job_id))
 
 
+# Ctrl-C, and what timeout, kill, systemd, docker, a CI cancel or a closed
+# terminal send: each stops the runtime cleanly. Left to their default, SIGTERM
+# and SIGHUP would end the process at once, leaving the instruments running in
+# their own sessions, and a resume would start the same sheets beside them.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """While jobs run, SIGTERM and SIGHUP interrupt as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _stop_ignoring_interrupts(rt: runtime.Runtime) -> None:
-    """Stop the runtime; a second Ctrl-C must not tear the shutdown in half."""
+    """Stop the runtime; a second signal must not tear the shutdown in half."""
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main_thread else None
+    previous = (
+        {sig: signal.signal(sig, signal.SIG_IGN) for sig in _STOP_SIGNALS} if in_main_thread else {}
+    )
     try:
         rt.stop()
     finally:
-        if in_main_thread:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 # The id of loguru's stderr sink that this module may replace (0 at import).
@@ -471,7 +498,7 @@ def resume_command(args: argparse.Namespace) -> int:
         return EXIT_OK
     console = _console(sys.stdout)
     live = sys.stdout.isatty() and not args.quiet
-    with _warnings_only_on_stderr():
+    with _stop_signals_interrupt(), _warnings_only_on_stderr():
         try:
             rt = runtime.start(state_dir, max_concurrent_sheets=args.max_concurrent)
         except (EnsembleError, OSError) as exc:

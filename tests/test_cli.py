@@ -405,18 +405,38 @@ def test_subprocess_run_then_status(
     assert job["counts"]["completed"] == 4
 
 
+def processes_running(argv: list[str]) -> list[int]:
+    """Pids of live processes whose command line is exactly ``argv``."""
+    wanted = ("\0".join(argv) + "\0").encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == wanted:
+                    found.append(int(entry.name))
+            except OSError:
+                continue  # gone meanwhile
+    return found
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(
+    "stop", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
+)
 def test_subprocess_ctrl_c_stops_keeps_checkpoint_and_exits_130(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], stop: signal.Signals
 ) -> None:
-    """Ctrl-C: the runtime stops cleanly, the job stays resumable (not final) in
-    its checkpoint, the command says so and exits 130."""
+    """Ctrl-C, or the SIGTERM of timeout, kill and CI (SIGHUP of a closed
+    terminal): the runtime stops cleanly and its instruments with it, the job
+    stays resumable (not final) in its checkpoint, the command says so and
+    exits 130. Left to its default, SIGTERM would leave the tool running."""
+    seconds = f"{60 + int(stop)}.{os.getpid() % 97}"  # unique to this test
     score = write_score(
         tmp_path,
         "long",
         {
             "sheet": {"size": 1, "total_items": 2, "dependencies": {2: [1]}},
-            "prompt": {"template": "sleep 60"},
+            "prompt": {"template": f"sleep {seconds}"},
         },
     )
     process = subprocess.Popen(
@@ -439,7 +459,7 @@ def test_subprocess_ctrl_c_stops_keeps_checkpoint_and_exits_130(
             match = LINE.match(lines.get(timeout=WAIT_SECONDS).rstrip("\n"))
             if match and match["running"] == "1":
                 break
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         _, stderr = process.communicate(timeout=WAIT_SECONDS)
     finally:
         if process.poll() is None:
@@ -447,6 +467,7 @@ def test_subprocess_ctrl_c_stops_keeps_checkpoint_and_exits_130(
         reader.join(WAIT_SECONDS)
     assert process.returncode == 130, stderr
     assert "can be resumed" in stderr and "long" in stderr
+    assert processes_running([shutil.which("sleep") or "sleep", seconds]) == []
 
     code, document = status_json(tmp_path / ".ensemble-state", capsys)
     assert code == 0
