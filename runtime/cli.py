@@ -341,7 +341,7 @@ def _watch(
         if len(final) == len(handles):
             break
         unfinished = [snapshot for snapshot in snapshots if snapshot.job_id not in final]
-        if all(job.status is JobStatus.PAUSED and not job.running for job in unfinished):
+        if all(_cannot_go_on(job) for job in unfinished):
             # Nothing here can resume them (a cost limit, a storage error, a
             # fermata): waiting on would be waiting for ever.
             raise _JobsPausedError({job.job_id: job.pause_reason or "paused" for job in unfinished})
@@ -349,6 +349,14 @@ def _watch(
     # A job's waiter wakes only after its last events were delivered.
     _drain(inbox, view, ours)
     return [handle.wait() for handle in handles]
+
+
+def _cannot_go_on(job: JobProgress) -> bool:
+    """Paused with nothing left running, or paused by a storage error: the
+    sheets of its held batch count as running but never will run."""
+    if job.status is not JobStatus.PAUSED:
+        return False
+    return not job.running or (job.pause_reason or "").startswith("storage")
 
 
 class _JobsPausedError(Exception):

@@ -10,6 +10,7 @@ they never touch the checkout.
 
 from __future__ import annotations
 
+import errno
 import io
 import itertools
 import json
@@ -153,6 +154,38 @@ def test_run_failed_sheet_exits_1_and_summary_names_first_error(
         "failed": 1,
         "skipped": 1,
     }
+
+
+@pytest.mark.timeout(60)
+def test_run_exits_1_when_storage_fails_with_sheets_held_dispatched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the commit of the batch that dispatches the sheets fails,
+    so the job pauses with sheets counted as running that never will run.
+    ``run`` must say so and exit 1, not wait for them for ever."""
+    from runtime import journal
+
+    real = journal.append_and_sync
+
+    def full_disk(handle: Any, data: bytes, *, fsync: bool) -> None:
+        if b'"dispatched"' in data:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(handle, data, fsync=fsync)
+
+    monkeypatch.setattr(journal, "append_and_sync", full_disk)
+    score = write_score(
+        tmp_path,
+        "full",
+        {
+            "sheet": {"size": 1, "total_items": 3, "dependencies": {1: []}},
+            "parallel": {"enabled": True, "max_concurrent": 3},
+            "prompt": {"template": "true"},
+        },
+    )
+    code = main(["run", str(score), "--state-dir", str(tmp_path / "state"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "job full paused itself (storage:" in err and "No space left on device" in err
 
 
 def test_run_mixed_results_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
