@@ -37,7 +37,8 @@ from runtime import journal
 from runtime.errors import ConfigError, EnsembleError, JobNotFoundError
 from runtime.events import Event
 from runtime.gc_tuning import tune_for_long_runs
-from runtime.plan import build_plan
+from runtime.instruments import load_profiles
+from runtime.preflight import check_score
 from runtime.progress import (
     STATUS_ORDER,
     LineView,
@@ -205,12 +206,17 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def _load_scores(paths: Sequence[Path]) -> tuple[list[_LoadedScore], list[str]]:
-    """Load and plan every score before anything starts; collect every problem."""
+    """Load and check every score before anything starts, as the runtime's
+    submit would (``runtime.preflight``); collect every problem."""
+    try:
+        profiles = load_profiles()
+    except ConfigError as exc:  # a broken instrument profile: nothing can be checked
+        return [], [str(exc)]
     loaded, problems = [], []
     for path in paths:
         try:
             score = load_score(path)
-            build_plan(score)
+            check_score(score, profiles)
         except ConfigError as exc:
             problems.append(_describe_config_error(path, exc))
             continue

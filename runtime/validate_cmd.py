@@ -15,8 +15,9 @@ import sys
 from typing import Any, TextIO
 
 from runtime.errors import ConfigError
-from runtime.instruments import load_profiles, raw_prompt_instruments
-from runtime.plan import Plan, build_plan
+from runtime.instruments import load_profiles
+from runtime.plan import Plan
+from runtime.preflight import missing_instruments_message, plan_score, unknown_instruments
 from runtime.prompts import PromptError, PromptTemplate, build_prompt
 from runtime.score import Score, load_score
 
@@ -93,8 +94,18 @@ def validate_main(argv: list[str], *, out: TextIO | None = None, err: TextIO | N
         return EXIT_VALID if exit_.code == 0 else EXIT_INVALID
     try:
         score = load_score(args.score)
-        # As `ensemble run` plans it: profiles with raw_prompt get no preamble.
-        plan = build_plan(score, raw_prompt_instruments=raw_prompt_instruments(load_profiles()))
+        # As `ensemble run` checks and plans it (raw_prompt profiles get no preamble).
+        profiles = load_profiles()
+        plan = plan_score(score, profiles)
+        missing = unknown_instruments(plan, profiles)
+        if missing:
+            # A warning: the profile may be installed where the score will run.
+            print(
+                f"warning: {score.source or args.score}: "
+                f"{missing_instruments_message(missing, profiles)}; "
+                "'ensemble run' here would refuse the score",
+                file=err,
+            )
         prompts: dict[int, str] = {}
         if args.render is not None:
             if args.render and not 1 <= args.render <= plan.total_sheets:

@@ -257,6 +257,48 @@ def test_run_invalid_score_exits_2_naming_file_and_key_before_anything_starts(
     assert not (tmp_path / "workspace-valid").exists()
 
 
+def test_run_checks_templates_and_instruments_before_anything_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a submit would refuse (a template that does not compile, an
+    instrument with no profile) is found before any score starts; validate
+    reports the first as an error and warns of the second."""
+    valid = write_score(
+        tmp_path,
+        "valid",
+        {"sheet": {"size": 1, "total_items": 1}, "prompt": {"template": "touch ran"}},
+    )
+    broken = write_score(
+        tmp_path,
+        "broken",
+        {"sheet": {"size": 1, "total_items": 1}, "prompt": {"template": "{% if %}"}},
+    )
+    unknown = write_score(
+        tmp_path,
+        "unknown",
+        {
+            "instrument": "no-such-tool",
+            "sheet": {"size": 1, "total_items": 1},
+            "prompt": {"template": "true"},
+        },
+    )
+    state = tmp_path / "state"
+    code = main(["run", str(valid), str(broken), str(unknown), "--state-dir", str(state)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.search(rf"{re.escape(str(broken))}:\d+: prompt\.template: ", err)
+    assert re.search(
+        rf"{re.escape(str(unknown))}:\d+: instrument: no instrument profile named 'no-such-tool'",
+        err,
+    )
+    assert not state.exists() and not (tmp_path / "workspace-valid").exists()
+
+    assert main(["validate", str(broken)]) == 2
+    assert str(broken) in capsys.readouterr().err
+    assert main(["validate", str(unknown)]) == 0
+    assert "warning: " in capsys.readouterr().err
+
+
 def test_run_missing_score_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", str(tmp_path / "nope.yaml"), "--state-dir", str(tmp_path / "state")])
     assert code == 2
