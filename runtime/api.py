@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from loguru import logger
-from pykka import ActorRef
+from pykka import ActorDeadError, ActorRef
 
 from actors.backends.base import BackendSpec
 from actors.backends.cli import default_backends
@@ -304,7 +304,7 @@ class Runtime:
         )
         self._check_instruments(plan)
         box = _ReplyBox()
-        self._supervisor.tell(SubmitJob(loaded, plan, policy, template, job_id, box))
+        self._tell_supervisor(SubmitJob(loaded, plan, policy, template, job_id, box))
         new_id: str = box.wait(timeout, "submit")
         self._waiter(new_id)
         return JobHandle(self, new_id)
@@ -388,7 +388,7 @@ class Runtime:
         )
         template = PromptTemplate(score.prompt.template or "", variables=score.prompt.variables)
         box = _ReplyBox()
-        self._supervisor.tell(RecoverJob(score, plan, policy, template, checkpoint, box))
+        self._tell_supervisor(RecoverJob(score, plan, policy, template, checkpoint, box))
         job_id: str = box.wait(timeout, f"recover {job_dir.name}")
         self._waiter(job_id)
         return JobHandle(self, job_id)
@@ -507,12 +507,19 @@ class Runtime:
         if self._stopped:
             raise RuntimeStoppedError("this runtime was stopped; start a new one")
 
+    def _tell_supervisor(self, message: Any) -> None:
+        # stop() may run in another thread between _check_running and here.
+        try:
+            self._supervisor.tell(message)
+        except ActorDeadError:
+            raise RuntimeStoppedError("this runtime was stopped; start a new one") from None
+
     def _command(
         self, job_id: str, command: str, timeout: float, arguments: tuple[Any, ...] = ()
     ) -> Any:
         self._check_running()
         box = _ReplyBox()
-        self._supervisor.tell(JobCommand(job_id, command, box, arguments))
+        self._tell_supervisor(JobCommand(job_id, command, box, arguments))
         return box.wait(timeout, f"{command} {job_id}")
 
     def _waiter(self, job_id: str) -> _Waiter:

@@ -277,6 +277,23 @@ def test_stop_leaves_no_actor_and_is_idempotent(tmp_path: Path, make_score: Scor
     assert rt.alive_actors() == 0
 
 
+def test_a_call_racing_stop_gets_runtime_stopped_not_a_pykka_error(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory
+) -> None:
+    """stop() in another thread can end the supervisor between a call's check
+    that the runtime runs and its message: the call still says the runtime
+    stopped, in Ensemble's words (here the supervisor is stopped directly,
+    which is that window held open)."""
+    rt = rt_factory({"mock": ScriptedBackend()})
+    handle = rt.submit(make_score(sheets=1))
+    assert handle.wait(WAIT_SECONDS).status is J.COMPLETED
+    rt._supervisor.stop()
+    with pytest.raises(runtime.RuntimeStoppedError):
+        rt.submit(make_score(sheets=1))
+    with pytest.raises(runtime.RuntimeStoppedError):
+        handle.status()
+
+
 def test_stop_with_running_jobs_ends_every_actor_and_wakes_waiters(
     rt_factory: RuntimeFactory, make_score: ScoreFactory
 ) -> None:
