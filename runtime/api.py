@@ -43,6 +43,7 @@ from runtime.errors import (
 )
 from runtime.events import Event
 from runtime.instruments import InstrumentProfile, load_profiles, raw_prompt_instruments
+from runtime.machine import FERMATA_DECISIONS
 from runtime.messages import (
     ClearRateLimits,
     JobCommand,
@@ -417,7 +418,13 @@ class Runtime:
         self, job_id: str, sheet_num: int, decision: str, timeout: float = DEFAULT_CALL_TIMEOUT
     ) -> bool:
         """S16: decide about a sheet in fermata: ``retry`` (fresh budgets), ``skip``,
-        ``accept`` (completed) or ``fail``. False if the sheet is not in fermata."""
+        ``accept`` (completed) or ``fail``. False if the sheet is not in fermata.
+        Raises ``ConfigError`` for any other decision, whatever the job's state."""
+        if decision not in FERMATA_DECISIONS:
+            raise ConfigError(
+                f"unknown fermata decision {decision!r}; use one of {', '.join(FERMATA_DECISIONS)}",
+                key_path="decision",
+            )
         return bool(self._command(job_id, "resolve_fermata", timeout, (sheet_num, decision)))
 
     def clear_rate_limit(

@@ -16,6 +16,7 @@ from support import WAIT_SECONDS, RuntimeFactory, ScoreFactory, TimerClock, subs
 
 import runtime
 from runtime import events as ev
+from runtime.errors import ConfigError
 from runtime.journal import load_checkpoint
 from runtime.messages import ExecutionRequest
 from runtime.testing import (
@@ -145,10 +146,13 @@ def test_S15_S16_fermata_pauses_the_job_until_a_human_decides(
     assert progress.counts == {"fermata": 1, "pending": 1}
     assert handle.resume() is False  # a fermata is not a user pause
     assert rt.resolve_fermata(handle.job_id, 2, "accept") is False  # not in fermata
-    with pytest.raises(ValueError, match="unknown fermata decision"):
+    with pytest.raises(ConfigError, match="unknown fermata decision"):
         rt.resolve_fermata(handle.job_id, 1, "later")
     assert rt.resolve_fermata(handle.job_id, 1, "retry") is True
     result = handle.wait(WAIT_SECONDS)
+    # Refused the same way once the job is finished (it was a silent False).
+    with pytest.raises(ConfigError, match="unknown fermata decision"):
+        rt.resolve_fermata(handle.job_id, 1, "later")
     assert result.status is J.COMPLETED
     assert result.sheets[1].attempts == 2
     assert ev.JOB_RESUMED in log.names(handle.job_id, 0)
