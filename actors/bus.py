@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import gevent
 from loguru import logger
 
 from actors.base import ActorContext, EnsembleActor
+from actors.hub import in_pool
 from runtime.events import Event
 from runtime.messages import Publish, Recipient, Subscribe, Unsubscribe
 
@@ -69,7 +69,7 @@ class EventBus(EnsembleActor):
         # Everything published before the stop is delivered before stop() returns;
         # the join waits in the thread pool, not on the hub.
         self._queue.put(_STOP)
-        gevent.get_hub().threadpool.apply(self.delivery_thread.join, (DELIVERY_DRAIN_SECONDS,))
+        in_pool(self.delivery_thread.join, DELIVERY_DRAIN_SECONDS)
 
     def on_failure(self, *_exc_info: Any) -> None:
         self._queue.put(_STOP)

@@ -2,8 +2,8 @@
 
 Owns the dedicated OS thread that runs the hub (the default, so threaded
 programs, gevent programs and the CLI all work without monkey-patching), the
-thread-safe way into it, and ``HubClock``, whose timers are hub timers. It
-knows nothing about actors.
+thread-safe way into it, ``in_pool`` for blocking work, and ``HubClock``,
+whose timers are hub timers. It knows nothing about actors.
 """
 
 from __future__ import annotations
@@ -18,6 +18,28 @@ import gevent
 import gevent.event
 
 T = TypeVar("T")
+
+
+def in_pool(function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in the current hub's thread pool, from a greenlet;
+    its result, or its exception raised here.
+
+    Not the pool's ``apply`` alone: gevent also prints the traceback of any
+    exception a pool task raises, and an expected one (a missing folder, a
+    full disk) is the caller's to report in its own words.
+    """
+
+    def guarded() -> tuple[bool, Any]:
+        try:
+            return True, function(*args)
+        except Exception as exc:
+            return False, exc
+
+    succeeded, value = gevent.get_hub().threadpool.apply(guarded)
+    if succeeded:
+        return value  # type: ignore[no-any-return]
+    raise value
+
 
 # Thread idents of every thread running an Ensemble hub; read without a lock
 # because set membership tests are atomic and the set changes only at start/stop.

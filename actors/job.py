@@ -21,6 +21,7 @@ from loguru import logger
 from pykka import ActorRef
 
 from actors.base import ActorContext, EnsembleActor, GeventFuture, TaskDone, send
+from actors.hub import in_pool
 from actors.sheet import SheetActor, evaluate_skip_command
 from runtime import machine
 from runtime.conditions import SkipVerdict
@@ -99,9 +100,7 @@ class JobActor(EnsembleActor):
         state = self.state
         try:
             # In the thread pool: a slow or network disk must not hold the hub.
-            gevent.get_hub().threadpool.apply(
-                os.makedirs, (state.plan.workspace,), {"exist_ok": True}
-            )
+            in_pool(functools.partial(os.makedirs, state.plan.workspace, exist_ok=True))
         except OSError as exc:
             self._refuse(
                 EnsembleError(

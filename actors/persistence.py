@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import gevent
 import orjson
 from loguru import logger
 
 from actors.base import ActorContext, EnsembleActor, send
+from actors.hub import in_pool
 from runtime import journal
 from runtime.errors import JobExistsError, PersistenceError
 from runtime.messages import (
@@ -257,7 +257,7 @@ class Persistence(EnsembleActor):
 
 
 def _in_thread(function: Any, *args: Any) -> Any:
-    return gevent.get_hub().threadpool.apply(function, args)
+    return in_pool(function, *args)
 
 
 def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, Any]) -> BinaryIO:

@@ -23,6 +23,7 @@ import gevent.event
 from pykka import ActorRef
 
 from actors.base import ActorContext, EnsembleActor, TaskDone, send
+from actors.hub import in_pool
 from actors.process import decode_output, run_process
 from runtime.conditions import SkipVerdict, skip_command_verdict
 from runtime.context import PriorOutput, capture_files, previous_outputs
@@ -243,7 +244,7 @@ class SheetActor(EnsembleActor):
             message.attempt, message.retry_number, message.prior_outputs, completion
         )
         if _prepare_reads_files(self._plan, self._current):
-            self._task = self.spawn_task(gevent.get_hub().threadpool.apply, prepare)
+            self._task = self.spawn_task(in_pool, prepare)
             return
         # Nothing to read from disk: prepare in the handler, no task greenlet.
         try:
@@ -346,7 +347,7 @@ class SheetActor(EnsembleActor):
             self._task = self.spawn_task(validate)
         else:
             # File checks read up to MAX_CONTENT_BYTES each: off the hub.
-            self._task = self.spawn_task(gevent.get_hub().threadpool.apply, validate)
+            self._task = self.spawn_task(in_pool, validate)
 
     def _validated(self, done: TaskDone) -> None:
         execution = self._execution

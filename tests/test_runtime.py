@@ -620,3 +620,17 @@ def test_a_state_directory_is_used_by_one_runtime_at_a_time(
     first.stop()
     second = rt_factory(state_dir=tmp_path / "shared-state")
     assert second.alive_actors() > 0
+
+
+def test_a_workspace_that_cannot_be_made_is_one_clear_error_and_no_traceback(
+    rt_factory: RuntimeFactory, make_score: ScoreFactory, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The folder is made in the hub's thread pool; gevent would print the
+    traceback of the pool task's OSError on stderr besides the error the
+    submit raises. The user sees the one error, in Ensemble's words."""
+    rt = rt_factory({"mock": ScriptedBackend()})
+    score = make_score(sheets=1, workspace="/proc/no-such-process/workspace")
+    with pytest.raises(runtime.EnsembleError, match="cannot create workspace"):
+        rt.submit(score)
+    rt.stop()  # whatever the hub had to print is printed by now
+    assert "Traceback" not in capfd.readouterr().err

@@ -31,6 +31,7 @@ from pykka import ActorRef
 
 from actors.backends.base import BackendSpec, ProfileBackend
 from actors.base import ActorContext
+from actors.hub import in_pool
 from actors.process import ProcessResult, decode_output, run_process, start_spawn_threads
 from runtime.instrument_output import (
     OFF_HUB_BYTES,
@@ -162,10 +163,7 @@ def run_cli_request(
         process = run(list(command.argv))
     secrets = secret_values(profile, host)
     if len(process.stdout) + len(process.stderr) > OFF_HUB_BYTES:
-        result: ExecutionResult = gevent.get_hub().threadpool.apply(
-            interpret_process, (profile, request, process, secrets)
-        )
-        return result
+        return in_pool(interpret_process, profile, request, process, secrets)
     return interpret_process(profile, request, process, secrets)
 
 

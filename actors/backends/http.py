@@ -35,6 +35,7 @@ import gevent.socket
 import gevent.ssl
 
 from actors.backends.base import ProfileBackend
+from actors.hub import in_pool
 from runtime.instrument_output import (
     OFF_HUB_BYTES,
     RESULT_KEEP_CHARS,
@@ -223,8 +224,7 @@ def run_http_request(
         )
     arguments = (profile, model, response, secrets, duration)
     if len(response.body) > OFF_HUB_BYTES:
-        result: ExecutionResult = gevent.get_hub().threadpool.apply(interpret_response, arguments)
-        return result
+        return in_pool(interpret_response, *arguments)
     return interpret_response(*arguments)
 
 
