@@ -567,7 +567,11 @@ class JobHandle:
         return waiter.result
 
     def done(self) -> bool:
-        return self.runtime._waiter(self.job_id).event.is_set()
+        """Whether the job has ended (completed, failed or cancelled). A job
+        cut short by the runtime's stop has not: it is resumable, and wait()
+        says why it returned."""
+        waiter = self.runtime._waiter(self.job_id)
+        return waiter.event.is_set() and waiter.result is not None
 
     def status(self, timeout: float = DEFAULT_CALL_TIMEOUT) -> JobProgress:
         """Counts of sheets by status, the job's status and its cost so far."""
