@@ -308,7 +308,9 @@ def on_attempt_finished(
     # A completion attempt (S8) that taught nothing (rate limited, or cancelled
     # from outside) stays one: the next attempt is the completion again.
     was_completion, sheet.completion_pending = sheet.completion_pending, False
-    if result.output_tail:
+    if result.kind is OutcomeKind.SUCCESS:
+        # S31: later sheets see the last successful attempt's output, even an
+        # empty one; a failed attempt's words never stand in for it.
         sheet.output_tail = result.output_tail
     if result.validations:
         sheet.validations = result.validations

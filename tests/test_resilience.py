@@ -9,6 +9,7 @@ live in ``test_resilience_runtime.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -41,6 +42,7 @@ from runtime.policy import (
     RetryPolicy,
     policy_from_plan,
 )
+from runtime.score import CrossSheetConfig
 from runtime.state import JobStatus, SheetStatus, SkipReason
 
 S = SheetStatus
@@ -233,6 +235,22 @@ def test_S9_each_failure_kind_spends_one_retry(result: AttemptResult) -> None:
 
 
 # --- S10 backoff ------------------------------------------------------------------------
+
+
+def test_S31_later_sheets_see_the_last_successful_attempts_output_only() -> None:
+    """A failed attempt's output never stands in for the successful one's, even
+    when the success printed nothing."""
+    plan = dataclasses.replace(
+        make_plan(2, dependencies={2: [1]}),
+        cross_sheet=CrossSheetConfig.model_validate({"auto_capture_stdout": True}),
+    )
+    world = World.of((plan, policy(max_retries=1)))
+    failed = AttemptResult(kind=OutcomeKind.FAILURE, exit_code=1, output_tail="half a draft")
+    world.end(1, failed)
+    world.deliver_all()
+    world.end(1, AttemptResult(kind=OutcomeKind.SUCCESS, exit_code=0, output_tail=""))
+    assert world.status(1) is S.COMPLETED
+    assert machine.prior_outputs(world.state(), 2)[1].text == ""
 
 
 def test_S10_delay_is_base_times_exponent_capped_without_jitter() -> None:
