@@ -58,6 +58,7 @@ class BackendPool(EnsembleActor):
         max_concurrent_sheets: int,
         instrument_limits: Mapping[str, int],
         model_limits: Mapping[Key, int] | None = None,
+        default_models: Mapping[str, str] | None = None,
         bus: ActorRef[Any] | None = None,
         persistence: ActorRef[Any] | None = None,
         breakers: Mapping[str, Mapping[str, Any]] | None = None,
@@ -66,7 +67,10 @@ class BackendPool(EnsembleActor):
         super().__init__(context, parent=parent, key=("service", "backend pool"))
         self._backends = dict(backends)
         self._table = LeaseTable(
-            max_concurrent_sheets, dict(instrument_limits), dict(model_limits or {})
+            max_concurrent_sheets,
+            dict(instrument_limits),
+            dict(model_limits or {}),
+            dict(default_models or {}),
         )
         self._bus = bus
         self._persistence = persistence

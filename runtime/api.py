@@ -254,12 +254,18 @@ class Runtime:
             for name, spec in self._backend_specs.items()
             for model, limit in getattr(spec, "model_limits", {}).items()
         }
+        default_models = {
+            name: model
+            for name, spec in self._backend_specs.items()
+            if (model := getattr(getattr(spec, "profile", None), "default_model", None))
+        }
         self._pool = BackendPool.start(
             context,
             backends=self._backends,
             max_concurrent_sheets=max_concurrent_sheets,
             instrument_limits=limits,
             model_limits=model_limits,
+            default_models=default_models,
             bus=self._bus,
             persistence=self._persistence,
             breakers=journal.read_runtime_state(self.state_dir).get("breakers", {}),

@@ -221,17 +221,14 @@ class InstrumentProfile(_Model):
         return None
 
     @property
-    def model_limits(self) -> dict[str | None, int]:
-        """Per-model ``max_concurrent``; the key None (a sheet that names no
-        model) gets the default model's limit."""
-        limits: dict[str | None, int] = {
+    def model_limits(self) -> dict[str, int]:
+        """Per-model ``max_concurrent``. A sheet that names no model counts
+        against its ``default_model`` (the pool's lease table sees to that)."""
+        return {
             model.name: model.max_concurrent
             for model in self.models
             if model.max_concurrent is not None
         }
-        if self.default_model in limits:
-            limits[None] = limits[self.default_model]
-        return limits
 
     @property
     def required_env(self) -> tuple[str, ...]:

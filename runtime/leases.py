@@ -97,6 +97,9 @@ class LeaseTable:
     max_running: int
     instrument_limits: dict[str, int] = field(default_factory=dict)
     model_limits: dict[Key, int] = field(default_factory=dict)
+    # An instrument's default model: a sheet that names no model runs on it, so
+    # it counts against that model's limit and waits out that model's blocks.
+    default_models: dict[str, str] = field(default_factory=dict)
     running: int = 0
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     blocks: dict[Key, float] = field(default_factory=dict)
@@ -156,7 +159,7 @@ class LeaseTable:
             self._next_id += 1
             self._leases[grant.lease_id] = grant
             self._running_by_instrument[instrument] += 1
-            self._running_by_key[key] += 1
+            self._running_by_key[self._model_key(key)] += 1
             self.running += 1
             self._breaker(instrument).granted(grant.lease_id)
             grants.append(grant)
@@ -172,7 +175,7 @@ class LeaseTable:
             return None, None
         self.running -= 1
         self._running_by_instrument[grant.instrument] -= 1
-        self._running_by_key[(grant.instrument, grant.model)] -= 1
+        self._running_by_key[self._model_key((grant.instrument, grant.model))] -= 1
         return grant, self._breaker(grant.instrument).record(lease_id, succeeded, policy, now)
 
     def release_job(self, job_id: str) -> int:
@@ -257,12 +260,22 @@ class LeaseTable:
         limit = self.instrument_limits.get(instrument)
         if limit is not None and self._running_by_instrument[instrument] >= limit:
             return False
-        model_limit = self.model_limits.get(key)
-        if model_limit is not None and self._running_by_key[key] >= model_limit:
+        model_key = self._model_key(key)
+        model_limit = self.model_limits.get(model_key)
+        if model_limit is not None and self._running_by_key[model_key] >= model_limit:
             return False
-        if self.blocks.get((instrument, None), 0.0) > now or self.blocks.get(key, 0.0) > now:
+        # (instrument, None) is an instrument-wide block; the model's own block
+        # also holds the sheets that name no model but run on it by default.
+        if self.blocks.get((instrument, None), 0.0) > now or self.blocks.get(model_key, 0.0) > now:
             return False
         return self._breaker(instrument).allows(now)
+
+    def _model_key(self, key: Key) -> Key:
+        """The model a request or lease really uses: named, or the default."""
+        instrument, model = key
+        if model is None and instrument in self.default_models:
+            return instrument, self.default_models[instrument]
+        return key
 
     def _breaker(self, instrument: str) -> CircuitBreaker:
         breaker = self.breakers.get(instrument)

@@ -53,6 +53,26 @@ def test_S22_instrument_and_model_limits() -> None:
     assert on_model == [1] and len(grants) == 3
 
 
+def test_S22_S18_a_sheet_naming_no_model_counts_and_waits_as_the_default_model() -> None:
+    """It runs on the instrument's default model: it shares that model's limit
+    and its rate-limit block with the sheets that name the model."""
+    table = LeaseTable(10, {}, {("a", "m"): 1}, {"a": "m"})
+    table.request("j", 1, "a", None)
+    table.request("j", 2, "a", "m")
+    (first,) = table.grant(0.0)
+    assert (first.sheet_num, first.model) == (1, None)  # the grant keeps what was asked
+    assert table.grant(0.0) == []  # sheet 2 would be a second attempt on m
+    table.release(first.lease_id, True, BreakerPolicy(), 0.0)
+    assert [grant.sheet_num for grant in table.grant(0.0)] == [2]
+
+    blocked = LeaseTable(10, default_models={"a": "m"})
+    blocked.block("a", "m", 100.0)
+    blocked.request("j", 3, "a", None)
+    blocked.request("j", 4, "a", "other")
+    assert [grant.sheet_num for grant in blocked.grant(1.0)] == [4]
+    assert [grant.sheet_num for grant in blocked.grant(101.0)] == [3]
+
+
 def test_S22_keys_take_turns_so_one_instrument_cannot_starve_another() -> None:
     table = LeaseTable(max_running=4)
     for num in range(1, 5):

@@ -140,7 +140,7 @@ class ProfileBackend:
         return self._max_concurrent
 
     @property
-    def model_limits(self) -> dict[str | None, int]:
+    def model_limits(self) -> dict[str, int]:
         """At most this many attempts at once per model (S22), from the profile."""
         return self.profile.model_limits
 
