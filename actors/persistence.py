@@ -316,6 +316,8 @@ def _take_back(directory: Path) -> None:
     hidden = directory.parent / f"{journal.TEMPORARY_PREFIX}{uuid.uuid4().hex}"
     try:
         directory.rename(hidden)
+        # Durable, or a power cut could bring the job back under its own name.
+        journal.sync_directory(directory.parent)
     except OSError as exc:
         logger.critical("could not take back the half-created job folder {}: {}", directory, exc)
         return

@@ -191,7 +191,8 @@ class LeaseTable:
         its ``model`` if given), for instrument-wide events."""
 
         def matches(key: Key) -> bool:
-            return key[0] == instrument and (model is None or key[1] == model)
+            # A request naming no model is on its default model's key too.
+            return key[0] == instrument and (model is None or self._model_key(key)[1] == model)
 
         jobs = {job for key, queue in self._queues.items() if matches(key) for job in queue.per_job}
         jobs.update(

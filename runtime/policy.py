@@ -30,8 +30,8 @@ class RetryPolicy:
         """S10: min(base * exponent^(n-1), cap), scaled by ``random_fraction`` with jitter."""
         try:
             delay = self.base_delay_seconds * self.exponential_base ** max(0, retry_number - 1)
-        except OverflowError:  # a long retry budget: far past the cap
-            delay = self.max_delay_seconds
+        except OverflowError:  # a long retry budget: far past the cap (unless there is no delay)
+            delay = self.max_delay_seconds if self.base_delay_seconds else 0.0
         delay = min(delay, self.max_delay_seconds)
         return delay * random_fraction if self.jitter else delay
 

@@ -506,3 +506,6 @@ def test_a_simple_command_runs_without_a_shell_and_anything_else_under_bash() ->
     ):
         assert without_shell(["bash", "-c", script], path) == ["bash", "-c", script]
     assert without_shell(["claude", "-p", "sleep 1"], path) == ["claude", "-p", "sleep 1"]
+    # bash searches a relative PATH entry (or an empty one: ".") in the workspace.
+    for relative in (f"bin:{path}", f"{path}:"):
+        assert without_shell(["bash", "-c", "sleep 1"], relative) == ["bash", "-c", "sleep 1"]

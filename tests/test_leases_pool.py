@@ -70,6 +70,7 @@ def test_S22_S18_a_sheet_naming_no_model_counts_and_waits_as_the_default_model()
     blocked.request("j", 3, "a", None)
     blocked.request("j", 4, "a", "other")
     assert [grant.sheet_num for grant in blocked.grant(1.0)] == [4]
+    assert blocked.jobs_on("a", "m") == ["j"]  # told when the block on m ends (S34)
     assert [grant.sheet_num for grant in blocked.grant(101.0)] == [3]
 
 

@@ -1061,6 +1061,8 @@ def test_S10_S23_an_early_timer_is_armed_again_and_a_stale_one_does_nothing() ->
 def test_S10_a_retry_budget_past_float_range_waits_the_capped_delay() -> None:
     retry = RetryPolicy(base_delay_seconds=10.0, exponential_base=2.0, max_delay_seconds=600.0)
     assert retry.delay(2000, 1.0) == 600.0
+    no_delay = RetryPolicy(base_delay_seconds=0.0, max_delay_seconds=600.0, jitter=False)
+    assert no_delay.delay(2000, 1.0) == 0.0
 
 
 FAILURES = (FAIL, partial(1, 2), TIMEOUT, CRASH)

@@ -241,10 +241,10 @@ def without_shell(argv: Sequence[str], path: str) -> list[str]:
     """``[shell, "-c", script]`` as ``[program, args...]`` when the script is one
     simple command, as make does: starting a shell first cost about a millisecond
     per sheet, most of a fan-out's overhead. Anything else runs as given: shell
-    syntax, a builtin, a name with a '/' (the shell resolves it in the
-    workspace), anything but printable ASCII (the shell splits words on spaces
-    and tabs only). If the program then cannot be started, run_cli_request
-    runs the script through the shell after all."""
+    syntax, a builtin, a name with a '/' or a PATH with a relative entry (the
+    shell resolves those in the workspace), anything but printable ASCII (the
+    shell splits words on spaces and tabs only). If the program then cannot be
+    started, run_cli_request runs the script through the shell after all."""
     if len(argv) != 3 or os.path.basename(argv[0]) not in _SHELLS or argv[1] != "-c":
         return list(argv)
     script = argv[2]
@@ -253,6 +253,8 @@ def without_shell(argv: Sequence[str], path: str) -> list[str]:
     words = [word for word in script.split(" ") if word]
     if not words or "/" in words[0] or words[0] in _SHELL_ONLY:
         return list(argv)
+    if any(not os.path.isabs(folder) for folder in path.split(os.pathsep)):
+        return list(argv)  # bash searches a relative (or empty: ".") entry in the workspace
     program = _which(words[0], path)
     if program is None:
         return list(argv)  # let the shell say "command not found"
