@@ -15,6 +15,7 @@ unreadable), 2 invalid usage or an invalid score, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -287,19 +288,22 @@ def _drive(
             view = LiveView(console) if live else LineView(sys.stdout)
         results = _watch(handles, view, changed, inbox)
     except KeyboardInterrupt:
-        view.close()
+        # The runtime first: with the terminal gone (SIGHUP) the view's last
+        # drawing and these words fail, and the instruments must not outlive us.
         _stop_ignoring_interrupts(rt)
+        _close_quietly(view)
         ids = ", ".join(handle.job_id for handle in handles) or "none started"
-        print(
-            f"Interrupted: the runtime stopped and the checkpoints are kept in {rt.state_dir}; "
-            f"the jobs ({ids}) can be resumed from there with "
-            f"'ensemble resume --state-dir {rt.state_dir}'.",
-            file=sys.stderr,
-        )
+        with contextlib.suppress(OSError):
+            print(
+                f"Interrupted: the runtime stopped and the checkpoints are kept in "
+                f"{rt.state_dir}; the jobs ({ids}) can be resumed from there with "
+                f"'ensemble resume --state-dir {rt.state_dir}'.",
+                file=sys.stderr,
+            )
         return EXIT_INTERRUPTED
     except _JobsPausedError as paused:
-        view.close()
         _stop_ignoring_interrupts(rt)
+        _close_quietly(view)
         for job_id, reason in paused.reasons.items():
             _error(f"job {job_id} paused itself ({reason}) and cannot go on by itself")
         _error(
@@ -309,15 +313,23 @@ def _drive(
         )
         return EXIT_FAILED
     except EnsembleError as exc:  # the runtime stopped or stopped answering
-        view.close()
+        _stop_ignoring_interrupts(rt)
+        _close_quietly(view)
         _error(f"{exc}; the checkpoints are kept in {rt.state_dir}")
         return EXIT_FAILED
     finally:
-        view.close()
+        # Whatever ended the watch (also an error writing to a closed terminal).
         _stop_ignoring_interrupts(rt)
+        _close_quietly(view)
     console.print(summary_table(results))
     completed = all(result.status is JobStatus.COMPLETED for result in results)
     return EXIT_OK if completed else EXIT_FAILED
+
+
+def _close_quietly(view: ProgressView) -> None:
+    """Close the view; a terminal that went away (EIO) has nothing to close."""
+    with contextlib.suppress(OSError):
+        view.close()
 
 
 def _watch(
