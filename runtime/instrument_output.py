@@ -61,9 +61,10 @@ SEARCH_LINE_CHARS = 2048
 ERROR_DETAIL_CHARS = 500
 
 # Text is redacted before it is cut, over this much more than is kept, so that
-# a credential crossing the cut is still seen whole: longer than any key format
-# ``runtime.redaction`` knows (an RSA-4096 private key block is about 3.3 KB).
-REDACTION_MARGIN_CHARS = 4096
+# a credential crossing the cut is still seen whole if it is shorter than this
+# (an RSA-8192 private key block is about 6.5 KB; a longer token's start could
+# be cut off and its end kept).
+REDACTION_MARGIN_CHARS = 16 * 1024
 
 
 # --- output -------------------------------------------------------------------------
@@ -177,12 +178,13 @@ def _trailing_document(stdout: str) -> tuple[Any, str] | None:
     line and runs to the end of the output (Gemini CLI's indented JSON after a
     notice), and the text before it."""
     decoder = json.JSONDecoder()
+    end_of_text = len(stdout.rstrip())  # once: a copy per candidate would be quadratic
     for start in _DOCUMENT_START.finditer(stdout):
         try:
             document, end = decoder.raw_decode(stdout, start.start())
         except (ValueError, RecursionError):
             continue
-        if not stdout[end:].strip():
+        if end >= end_of_text:
             return document, stdout[: start.start()].rstrip("\n")
     return None
 

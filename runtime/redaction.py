@@ -19,7 +19,10 @@ REDACTED = "[REDACTED]"
 _SECRET_PATTERNS = re.compile(
     "|".join(
         (
-            r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?s:.*?)(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+            # A whole block, or one cut short: its header and the base64 body
+            # that follows, not the rest of the text (a tool's own error after it).
+            r"-----BEGIN [A-Z ]*PRIVATE KEY-----"
+            r"(?:(?s:.*?)-----END [A-Z ]*PRIVATE KEY-----|[A-Za-z0-9+/=\s]*)",
             r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_\-]{16,}",  # Anthropic, OpenAI
             r"\bAIza[0-9A-Za-z_\-]{30,}",  # Google API keys
             r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b",  # AWS access key ids

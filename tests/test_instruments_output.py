@@ -703,3 +703,19 @@ def test_pretty_printed_json_after_a_notice_is_the_document() -> None:
     assert (parsed.input_tokens, parsed.output_tokens) == (10, 5)
     assert parsed.other_text == "Loaded cached credentials."
     assert run_verdict(gemini.errors, gemini.output, stdout, exit_code=0).kind is K.SUCCESS
+
+
+def test_a_key_header_without_its_end_hides_only_the_key_not_the_tools_error() -> None:
+    """A private key block cut short is redacted up to the end of its body; the
+    tool's own error after it is still read (here an aider rate limit)."""
+    aider = cli_of("aider")
+    stdout = (
+        "Wrote key.pem (starts with -----BEGIN PRIVATE KEY-----)\n"
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n"
+        "litellm.RateLimitError: AnthropicException - retry after 30s\n"
+    )
+
+    verdict = run_verdict(aider.errors, aider.output, stdout, exit_code=1)
+
+    assert (verdict.kind, verdict.wait_seconds) == (K.RATE_LIMITED, 30)
+    assert "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcw" not in (verdict.error or "")
