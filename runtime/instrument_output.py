@@ -361,16 +361,39 @@ def classify(
 ) -> Verdict:
     """The outcome of a run that ended on its own (not spawn error, timeout or cancel).
 
-    Every text is redacted (``secrets`` and known key formats) before it is
-    cut for searching or quoting, so no part of a credential reaches the
-    verdict's error message."""
-    stdout = _searchable(_redacted_end(stdout, SEARCH_CHARS, secrets))
-    stderr = _searchable(_redacted_end(stderr, SEARCH_CHARS, secrets))
-    other_text = _searchable(_redacted_end(parsed.other_text, SEARCH_CHARS, secrets))
-    parsed_error = (
-        _searchable(_redacted_end(parsed.error, SEARCH_CHARS, secrets)) if parsed.error else ""
-    )
-    result_text = _redacted_end(parsed.result, ERROR_DETAIL_CHARS, secrets)
+    A verdict that quotes the output (an error message) is worked out from
+    text redacted (``secrets`` and known key formats) before it was cut, so no
+    part of a credential reaches it. Searching alone needs no redaction, which
+    costs tens of milliseconds on a large output: a plain success skips it."""
+    arguments = (errors, exit_code, stdout, stderr, parsed, output_format, now)
+    if exit_code in errors.success_exit_codes and not parsed.is_error:
+        verdict = _classify(*arguments, redact_with=None)
+        if verdict.error is None:
+            return verdict
+    return _classify(*arguments, redact_with=secrets)
+
+
+def _classify(
+    errors: CliErrors,
+    exit_code: int | None,
+    stdout: str,
+    stderr: str,
+    parsed: ParsedOutput,
+    output_format: str,
+    now: datetime,
+    *,
+    redact_with: Sequence[str] | None,
+) -> Verdict:
+    def end_of(text: str, keep: int) -> str:
+        if redact_with is None:
+            return text[-keep:]
+        return _redacted_end(text, keep, redact_with)
+
+    stdout = _searchable(end_of(stdout, SEARCH_CHARS))
+    stderr = _searchable(end_of(stderr, SEARCH_CHARS))
+    other_text = _searchable(end_of(parsed.other_text, SEARCH_CHARS))
+    parsed_error = _searchable(end_of(parsed.error, SEARCH_CHARS)) if parsed.error else ""
+    result_text = end_of(parsed.result, ERROR_DETAIL_CHARS)
     succeeded = exit_code is not None and exit_code in errors.success_exit_codes
     streams = errors.rate_limit_streams
     answered = parsed.structured and bool(parsed.result.strip())
