@@ -185,8 +185,7 @@ class Persistence(EnsembleActor):
         job = self._jobs.pop(job_id, None)
         if job is None:
             return  # its creation failed: nothing was left
-        job.journal.close()
-        _in_thread(_take_back, job.directory)
+        _in_thread(_close_and_take_back, job)
 
     def _close(self, job_id: str) -> None:
         self._write_batch()
@@ -274,7 +273,7 @@ def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, 
     if directory.exists():
         raise FileExistsError(directory)  # the job id is taken
     # Not tempfile.mkdtemp: its mode 0700 would stay on the job's folder.
-    building = jobs / f"{journal.TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+    building = _hidden_name(jobs)
     building.mkdir()
     handle: BinaryIO | None = None
     try:
@@ -311,9 +310,19 @@ def _create_files(directory: Path, score: dict[str, Any], checkpoint: dict[str, 
     return named
 
 
+def _hidden_name(jobs: Path) -> Path:
+    """A fresh name in ``jobs`` that recovery ignores and the next start deletes."""
+    return jobs / f"{journal.TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+
+
+def _close_and_take_back(job: _OpenJob) -> None:
+    job.journal.close()
+    _take_back(job.directory)
+
+
 def _take_back(directory: Path) -> None:
     """Hide and delete a job folder whose creation is being reported as failed."""
-    hidden = directory.parent / f"{journal.TEMPORARY_PREFIX}{uuid.uuid4().hex}"
+    hidden = _hidden_name(directory.parent)
     try:
         directory.rename(hidden)
         # Durable, or a power cut could bring the job back under its own name.
